@@ -1,0 +1,42 @@
+# Development build; mirrors rockspec/llamacpp-scm-1.rockspec.
+#   make              Lua 5.4 -> build/5.4/llamacpp/core.so
+#   make LUA=luajit   LuaJIT  -> build/luajit/llamacpp/core.so
+#   make test         both builds, busted under lua5.4 and luajit
+LUA ?= lua5.4
+ifeq ($(LUA),luajit)
+LUA_INCDIR ?= /usr/include/luajit-2.1
+LUAV = luajit
+else
+LUAV = $(patsubst lua%,%,$(LUA))
+LUA_INCDIR ?= /usr/include/lua$(LUAV)
+endif
+CURL_CFLAGS ?= $(shell curl-config --cflags)
+CURL_LIBS ?= $(shell curl-config --libs)
+# macOS: LIBFLAG = -bundle -undefined dynamic_lookup
+LIBFLAG ?= -shared
+CFLAGS ?= -O2 -g
+WARN = -std=c99 -Wall -Wextra -pedantic -Wshadow -Wmissing-prototypes -Wstrict-prototypes
+SRC = src/core.c src/transfer.c src/sse.c src/error.c
+HDR = src/compat.h src/lcpp.h src/sse.h
+OUT = build/$(LUAV)/llamacpp/core.so
+
+all: $(OUT)
+
+$(OUT): $(SRC) $(HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -fPIC -fvisibility=hidden $(WARN) -I$(LUA_INCDIR) $(CURL_CFLAGS) $(SRC) $(LIBFLAG) -o $@ $(CURL_LIBS)
+
+build/sse_test: src/sse.c src/sse.h spec/c/sse_test.c
+	@mkdir -p $(@D)
+	$(CC) -O1 -g $(WARN) -Isrc src/sse.c spec/c/sse_test.c -o $@
+
+check-c: build/sse_test
+	build/sse_test spec/fixtures
+
+test:
+	sh spec/run.sh
+
+clean:
+	rm -rf build
+
+.PHONY: all check-c test clean

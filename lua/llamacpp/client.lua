@@ -1,0 +1,361 @@
+--- Client and Stream: requests to one server over the C core.
+local core = require "llamacpp.core"
+local json = require "llamacpp.json"
+local errors = require "llamacpp.errors"
+
+local M = {}
+
+local type, pairs, setmetatable, tostring = type, pairs, setmetatable, tostring
+
+local PROVIDERS = { llamacpp = "llamacpp.providers.llamacpp" }
+
+-- API keys live here, not on the client table: a client printed with
+-- vim.inspect() or serialised by a debugger shows no key.
+local secrets = setmetatable({}, { __mode = "k" })
+
+local OPTIONS = {
+  endpoint = "string", api_key = "key", model = "string", headers = "table",
+  connect_timeout = "number", first_byte_timeout = "number",
+  idle_timeout = "number", timeout = "number", provider = "string",
+  proxy = "string", ca_file = "string", ca_path = "string",
+  insecure = "boolean", follow_redirects = "boolean",
+  max_event = "number", max_body = "number",
+}
+
+local DEFAULTS = { connect_timeout = 10, idle_timeout = 300 }
+local GRACE_MS = 1000   -- how long the end of a transfer may lag its terminator
+
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function checkheader(name, value, level)
+  if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+    error("bad header name " .. tostring(name), level + 1)
+  end
+  if type(value) ~= "string" then
+    error("header '" .. name .. "' must be a string (got " .. type(value) .. ")", level + 1)
+  end
+  if value:find("[\r\n%z]") then
+    error("header '" .. name .. "' contains CR, LF or NUL", level + 1)
+  end
+end
+
+-- "http://user:pw@host:port/prefix/" -> the URL without userinfo and
+-- without trailing slashes (used in messages), and the host.
+local function parse_endpoint(url)
+  local scheme, rest = url:match("^(https?)://(.+)$")
+  if not scheme then return nil end
+  local authority, path = rest:match("^([^/?#]*)(.*)$")
+  authority = authority:gsub("^.*@", "")
+  if authority == "" or path:find("[?#]") then return nil end
+  path = path:gsub("/+$", "")
+  local host = authority:match("^%[(.-)%]") or authority:match("^([^:]+)")
+  return scheme .. "://" .. authority .. path, host
+end
+
+local function is_loopback(host)
+  host = host and host:lower()
+  return host == "localhost" or host == "::1" or
+         (host ~= nil and host:match("^127%.%d+%.%d+%.%d+$") ~= nil)
+end
+
+
+local Client = {}
+Client.__index = Client
+Client.__name = "llamacpp.Client"
+M.Client = Client
+
+--- Creates a client. See DESIGN.md section 2 for the options.
+function M.new(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then error("unknown option '" .. tostring(k) .. "'", 2) end
+    if want == "key" then
+      if type(v) ~= "string" and not callable(v) then
+        error("option 'api_key' must be a string or a function", 2)
+      end
+    elseif type(v) ~= want then
+      error("option '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")", 2)
+    end
+    if want == "number" and v < 0 then error("option '" .. k .. "' must not be negative", 2) end
+  end
+  local pname = opts.provider or "llamacpp"
+  if not PROVIDERS[pname] then error("unknown provider '" .. pname .. "'", 2) end
+  local provider = require(PROVIDERS[pname])
+  local raw = opts.endpoint or provider.default_endpoint
+  if raw:find("[%s%c]") then error("bad endpoint (contains white space or control characters)", 2) end
+  local endpoint, host = parse_endpoint(raw)
+  if not endpoint then
+    error("bad endpoint '" .. raw:gsub("//[^/]*@", "//") .. "' (want http[s]://host[:port][/prefix])", 2)
+  end
+  local self = setmetatable({
+    provider = provider,
+    endpoint = endpoint,               -- without userinfo: safe to print
+    url = raw:gsub("/+$", ""),         -- what requests go to
+    model = opts.model,
+    header_lines = {},
+    session = core.session(),
+  }, Client)
+  local names = {}
+  for name, value in pairs(opts.headers or {}) do
+    checkheader(name, value, 2)
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    self.header_lines[#self.header_lines + 1] = name .. ": " .. opts.headers[name]
+  end
+  local t = {}
+  for _, k in ipairs{ "connect_timeout", "first_byte_timeout", "idle_timeout", "timeout" } do
+    local v = opts[k]
+    if v == nil then v = DEFAULTS[k] end
+    if v and v > 0 then t[k] = v * 1000 end
+  end
+  t.max_event, t.max_body = opts.max_event, opts.max_body
+  t.ca_file, t.ca_path, t.insecure = opts.ca_file, opts.ca_path, opts.insecure
+  t.follow = opts.follow_redirects
+  -- libcurl takes http_proxy & co. from the environment; a loopback server
+  -- is never reached through them unless a proxy is given explicitly
+  t.proxy = opts.proxy or (is_loopback(host) and "" or nil)
+  self.transfer_opts = t
+  secrets[self] = opts.api_key
+  return self
+end
+
+function Client:__tostring()
+  return "llamacpp.Client (" .. self.provider.name .. " at " .. self.endpoint .. ")"
+end
+
+-- The key for this request (a function is called each time: rotation).
+function Client:_key()
+  local k = secrets[self]
+  if callable(k) then k = k() end
+  if k == nil or k == "" then return nil end
+  if type(k) ~= "string" then error("api_key function must return a string", 3) end
+  if k:find("[\r\n%z]") then error("api_key contains CR, LF or NUL", 3) end
+  return k
+end
+
+-- Starts a transfer: method, path, body (string or nil), framing.
+function Client:_open(method, path, body, framing)
+  local key = self:_key()
+  local h = { "Accept: " .. (framing == "sse" and "text/event-stream" or "application/json"),
+              "Expect:" }
+  if body then h[#h + 1] = "Content-Type: application/json" end
+  if key then h[#h + 1] = "Authorization: Bearer " .. key end
+  for i = 1, #self.header_lines do h[#h + 1] = self.header_lines[i] end
+  local o = { url = self.url .. path, method = method, body = body,
+              headers = h, framing = framing }
+  for k, v in pairs(self.transfer_opts) do o[k] = v end
+  return self.session:open(o), key
+end
+
+-- Completes an Error from the core or a provider: who, where, the
+-- provider's wording, and never the key.
+function Client:_error(e, key, partial, nevents)
+  local label = self.provider.label
+  e.provider = e.provider or self.provider.name
+  e.endpoint = self.endpoint
+  if e.kind == "connection" then
+    e.detail = e.message
+    e.message = label .. " not running at " .. self.endpoint
+  elseif e.kind == "network" then
+    e.detail = e.message
+    e.message = "connection to " .. label .. " at " .. self.endpoint .. " lost: " .. e.message
+  elseif e.kind == "timeout" then
+    e.detail = e.message
+    e.message = label .. " at " .. self.endpoint .. " timed out (" ..
+                tostring(e.phase) .. "): " .. e.message
+  end
+  if partial ~= nil then e.partial = partial end
+  -- after the first event a retry would repeat what the caller has seen
+  if nevents and nevents > 0 then e.retryable = false end
+  return errors.scrub(e, key)
+end
+
+-- Runs a request to its end: decoded JSON (or the raw body when
+-- opts.raw), the response table; or nil, Error.
+function Client:_request(method, path, body_table, raw)
+  local body = body_table ~= nil and json.encode(body_table) or nil
+  local t, key = self:_open(method, path, body, nil)
+  local _, err
+  repeat _, err = t:next() until _ == nil
+  if err then
+    t:close()
+    return nil, self:_error(err, key)
+  end
+  local r = t:response()
+  t:close()
+  if r.status >= 400 then
+    return nil, self:_error(errors.http(r.status, r.body, r.headers, self.provider.label), key)
+  end
+  if raw then return r.body, r end
+  local obj, msg = json.decode(r.body)
+  if obj == nil then
+    return nil, self:_error(errors.new("protocol", "invalid JSON in the answer: " .. msg,
+                                       { status = r.status, body = r.body:sub(1, 4096) }), key)
+  end
+  return obj, r
+end
+
+--- One chat completion: res, or nil, Error.
+function Client:chat(req)
+  if type(req) ~= "table" then
+    error("bad argument #1 to 'chat' (table expected, got " .. type(req) .. ")", 2)
+  end
+  local p = self.provider
+  local obj, err = self:_request("POST", p.chat_path, p.chat_body(req, false, self.model))
+  if not obj then return nil, err end
+  local res, perr = p.parse_chat(obj)
+  if not res then return nil, self:_error(perr) end
+  res.provider = p.name
+  return res
+end
+
+
+--- A stream of normalised events over one transfer.
+local Stream = {}
+Stream.__index = Stream
+Stream.__name = "llamacpp.Stream"
+M.Stream = Stream
+
+function Stream.__close(s) s:close() end      -- Lua 5.4's generic for
+
+function Stream:__tostring()
+  return "llamacpp.Stream (" .. (self.closed and "closed" or self.ended and "ended" or "open") .. ")"
+end
+
+function Stream:_push(ev)
+  local n = self.qt + 1
+  self.q[n] = ev
+  self.qt = n
+end
+
+function Stream:_pop()
+  local h = self.qh
+  local ev = self.q[h]
+  self.q[h] = nil
+  if h == self.qt then self.qh, self.qt = 1, 0 else self.qh = h + 1 end
+  self.nevents = self.nevents + 1
+  return ev
+end
+
+-- The last event: done or error. Releases the transfer.
+function Stream:_finish(ev)
+  self.ended = true
+  if self.t then self.t:close() end
+  self.t = nil
+  self:_push(ev)
+end
+
+function Stream:_fail(e)
+  local c = self.client
+  self:_finish({ type = "error",
+                 error = c:_error(e, self.key, self.dec:partial(), self.nevents) })
+end
+
+-- The transfer ended without a transport error: judge what came.
+function Stream:_eof()
+  local r = self.t:response()
+  local label = self.client.provider.label
+  if self.dec.finished then
+    return self:_finish(self.dec:done())
+  end
+  if not r.framed then
+    if r.status and r.status >= 400 then
+      return self:_fail(errors.http(r.status, r.body, r.headers, label))
+    end
+    return self:_fail(errors.new("protocol", "expected an event stream, got " ..
+      tostring(r.headers["content-type"]) .. " (status " .. tostring(r.status) .. ")",
+      { status = r.status, body = r.body:sub(1, 4096), code = "BAD_CONTENT_TYPE" }))
+  end
+  self:_fail(errors.new("truncated", label .. " stream ended without its terminator",
+                        { status = r.status }))
+end
+
+--- The next event; nil after the last one (done or error); false when
+-- timeout_ms (0: do not block) passed with nothing ready.
+function Stream:next(timeout_ms)
+  if self.qh <= self.qt then return self:_pop() end
+  if self.closed then error("stream is closed", 2) end
+  if self.ended then return nil end
+  local deadline = timeout_ms and timeout_ms > 0 and core.now() + timeout_ms
+  local t, dec, push = self.t, self.dec, self.push
+  while true do
+    local wait = timeout_ms
+    if deadline then
+      wait = deadline - core.now()
+      if wait < 0 then wait = 0 end
+    end
+    -- after the terminator only the transfer's end is due: a server
+    -- that sends neither it nor more gets a second, not the idle timeout
+    if dec.finished and (wait == nil or wait > GRACE_MS) then wait = GRACE_MS end
+    local data, name = t:next(wait)
+    if data then
+      if not dec.finished then           -- nothing counts after [DONE]
+        local e = dec:feed(data, name, push)
+        if e then self:_fail(e)
+        elseif dec.finished then self.finished_at = core.now() end
+      end
+      if self.qh <= self.qt then return self:_pop() end
+    elseif data == false then
+      if dec.finished and core.now() - self.finished_at >= GRACE_MS then
+        self:_finish(dec:done())
+        return self:_pop()
+      end
+      if timeout_ms ~= nil and (not deadline or core.now() >= deadline) then
+        return false
+      end
+    elseif name then                     -- transport error or timeout
+      if dec.finished then self:_finish(dec:done()) else self:_fail(name) end
+      return self:_pop()
+    else
+      self:_eof()
+      return self:_pop()
+    end
+  end
+end
+
+--- Aborts the transfer (the server sees the disconnect). Idempotent.
+function Stream:close()
+  if self.t then self.t:close() end
+  self.t = nil
+  self.ended = true
+  self.closed = true
+  self.qh, self.qt, self.q = 1, 0, {}
+end
+
+--- A stream for a chat request, to be read with :next() and :close().
+function Client:open_stream(req)
+  if type(req) ~= "table" then
+    error("bad argument #1 to 'open_stream' (table expected, got " .. type(req) .. ")", 2)
+  end
+  local p = self.provider
+  local body = json.encode(p.chat_body(req, true, self.model))
+  local t, key = self:_open("POST", p.chat_path, body, p.framing)
+  local s = setmetatable({ client = self, t = t, key = key, dec = p.decoder(),
+                           q = {}, qh = 1, qt = 0, nevents = 0,
+                           ended = false, closed = false }, Stream)
+  s.push = function(ev) s:_push(ev) end
+  return s
+end
+
+--- Streams a chat: for ev in client:chat_stream(req) do ... end.
+-- Returns step, stream, nil, stream: Lua 5.4 closes the stream however
+-- the loop ends; elsewhere use open_stream and :close() on early exit.
+function Client:chat_stream(req)
+  if type(req) ~= "table" then
+    error("bad argument #1 to 'chat_stream' (table expected, got " .. type(req) .. ")", 2)
+  end
+  local s = self:open_stream(req)
+  return function() return s:next() end, s, nil, s
+end
+
+return M

@@ -1,0 +1,116 @@
+--- Errors: one shape for every run-time failure (DESIGN.md section 3).
+-- The metatable is created by the C core (`core.Error`, with `__tostring`),
+-- so errors made in C and in Lua are the same kind of value.
+local Error = require("llamacpp.core").Error
+local json = require "llamacpp.json"
+
+local M = {}
+M.Error = Error
+
+local BODY_CAP = 4096
+
+--- Makes an Error of `kind` (see DESIGN.md section 3) with `message`;
+-- `fields` (optional) is used as the error table itself.
+function M.new(kind, message, fields)
+  local e = fields or {}
+  e.kind, e.message = kind, message
+  if e.retryable == nil then e.retryable = false end
+  return setmetatable(e, Error)
+end
+
+--- True when `v` is an Error (of `kind`, when given).
+function M.is(v, kind)
+  return getmetatable(v) == Error and (kind == nil or v.kind == kind)
+end
+
+--- Whether an HTTP status is worth another try (DESIGN.md section 3).
+function M.retryable_status(status)
+  return status == 408 or status == 409 or status == 429 or
+         (status ~= nil and status >= 500 and status <= 599)
+end
+
+-- Retry-After: delay-seconds, or an HTTP-date (RFC 9110 IMF-fixdate).
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6,
+                 Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+function M.parse_retry_after(v, now)
+  if type(v) ~= "string" then return nil end
+  local secs = tonumber(v:match("^%s*(%d+)%s*$"))
+  if secs then return secs end
+  local d, mon, y, h, mi, s = v:match("%a+, (%d+) (%a+) (%d+) (%d+):(%d+):(%d+) GMT")
+  if not d or not MONTHS[mon] then return nil end
+  -- os.time takes local time; correct by the zone offset it implies
+  local t = { year = tonumber(y), month = MONTHS[mon], day = tonumber(d),
+              hour = tonumber(h), min = tonumber(mi), sec = tonumber(s) }
+  local at = os.time(t)
+  local utc = os.time(os.date("!*t", at))
+  at = at + (at - utc)
+  local delta = at - (now or os.time())
+  return delta > 0 and delta or 0
+end
+
+--- The error for an HTTP answer with status >= 400 (or an error object in
+-- a 200 stream). Parses `{"error":{"code","message","type",...}}` and
+-- OpenAI/Anthropic-style variants; keeps the body, capped.
+function M.http(status, body, headers, label)
+  body = body or ""
+  status = math.floor(tonumber(status) or 0)
+  local e = { status = status, retryable = M.retryable_status(status) }
+  local decoded = body ~= "" and json.decode(body)
+  local detail
+  if type(decoded) == "table" then
+    local eo = decoded.error
+    if type(eo) == "table" then
+      detail = type(eo.message) == "string" and eo.message or nil
+      e.code = type(eo.type) == "string" and eo.type or
+               (type(eo.code) == "string" and eo.code or nil)
+      e.server = eo
+      -- llama-server's context error: keep its numbers
+      if type(eo.n_prompt_tokens) == "number" then e.n_prompt_tokens = math.floor(eo.n_prompt_tokens) end
+      if type(eo.n_ctx) == "number" then e.n_ctx = math.floor(eo.n_ctx) end
+    elseif type(eo) == "string" then          -- Ollama: {"error":"..."}
+      detail = eo
+    elseif type(decoded.message) == "string" then
+      detail = decoded.message
+    end
+  end
+  if not detail then
+    detail = body:gsub("%s+$", "")
+    if #detail > 512 then detail = detail:sub(1, 512) .. "..." end
+    if detail == "" then detail = "HTTP " .. tostring(status) end
+  end
+  e.body = #body > BODY_CAP and body:sub(1, BODY_CAP) or body
+  if headers then
+    e.retry_after = M.parse_retry_after(headers["retry-after"])
+    e.request_id = headers["x-request-id"] or headers["request-id"]
+  end
+  if e.code == "overloaded_error" then e.retryable = true end
+  return M.new("http", (label or "server") .. " error (" .. tostring(status) .. "): " .. detail, e)
+end
+
+local function scrub_string(s, secret)
+  if type(s) ~= "string" then return s end
+  local i, j = s:find(secret, 1, true)
+  while i do
+    s = s:sub(1, i - 1) .. "<redacted>" .. s:sub(j + 1)
+    i, j = s:find(secret, i + 10, true)
+  end
+  return s
+end
+
+--- Removes every occurrence of `secret` from the string fields of `e`
+-- (a server may echo a request header back in its error body).
+function M.scrub(e, secret)
+  if type(secret) ~= "string" or #secret < 4 then return e end
+  for k, v in pairs(e) do
+    if type(v) == "string" then e[k] = scrub_string(v, secret) end
+  end
+  if type(e.server) == "table" then
+    for k, v in pairs(e.server) do
+      if type(v) == "string" then e.server[k] = scrub_string(v, secret) end
+    end
+  end
+  return e
+end
+
+return M

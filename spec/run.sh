@@ -1,0 +1,30 @@
+#!/bin/sh
+# The whole test suite: the C tests, then busted under Lua 5.4 and LuaJIT.
+# Ends with one line "N passed, N failed" summing them all.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+make -s all LUA=lua5.4 && make -s all LUA=luajit && make -s build/sse_test || exit 2
+log=$(mktemp)
+status=0
+echo "== C: SSE/NDJSON parser"
+out=$(mktemp)
+trap 'rm -f "$log" "$out"' EXIT
+build/sse_test spec/fixtures >"$out" 2>&1 || status=1
+cat "$out"; cat "$out" >>"$log"
+for lua in lua5.4 luajit; do
+  echo "== busted under $lua"
+  "$lua" /usr/bin/busted -o utfTerminal "$@" >"$out" 2>&1 || status=1
+  cat "$out"; cat "$out" >>"$log"
+done
+# busted: "N successes / N failures / N errors / N pending"; C: "N passed, N failed"
+awk '
+  /successes \/ .* failures \/ .* errors/ {
+    for (i = 1; i < NF; i++) {
+      if ($(i+1) ~ /^success/) p += $i
+      if ($(i+1) ~ /^failure/ || $(i+1) ~ /^error/) f += $i
+    }
+  }
+  /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
+  END { printf "%d passed, %d failed\n", p, f }
+' "$log"
+exit $status

@@ -1,0 +1,62 @@
+/*
+** core.c: luaopen_llamacpp_core, registration only.
+** The module table: session() -> Session, now() -> monotonic ms,
+** Error (the llamacpp.Error metatable), version strings.
+*/
+#include <curl/curl.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "compat.h"
+#include "lcpp.h"
+
+#define LCPP_VERSION  "0.1.0"
+
+
+void lcpp_newclass (lua_State *L, const char *tname,
+                    const luaL_Reg *methods, const luaL_Reg *metas) {
+  luaL_newmetatable(L, tname);                            /* mt */
+  luaL_setfuncs(L, metas, 0);
+  lua_newtable(L);                                        /* mt, methods */
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");                         /* mt */
+  lua_pushstring(L, tname);          /* 5.1 sets no __name itself */
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+}
+
+
+static int core_now (lua_State *L) {
+  lua_pushnumber(L, (lua_Number)lcpp_now());
+  return 1;
+}
+
+
+static const luaL_Reg core_funcs[] = {
+  {"session", lcpp_session_new},
+  {"now", core_now},
+  {NULL, NULL}
+};
+
+
+LCPP_EXPORT int luaopen_llamacpp_core (lua_State *L);
+
+int luaopen_llamacpp_core (lua_State *L) {
+  static int initialized = 0;
+  if (!initialized) {   /* once per process; never curl_global_cleanup:
+                           other modules in the host may use libcurl */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+      return luaL_error(L, "curl_global_init failed");
+    initialized = 1;
+  }
+  lcpp_transfer_open(L);
+  luaL_newlib(L, core_funcs);                             /* M */
+  lcpp_error_open(L);                                     /* M, Error */
+  lua_setfield(L, -2, "Error");                           /* M */
+  lua_pushliteral(L, LCPP_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushstring(L, curl_version());
+  lua_setfield(L, -2, "curl_version");
+  return 1;
+}

@@ -1,0 +1,41 @@
+/*
+** lcpp.h: what the C files of llamacpp.core share. Nothing here is
+** exported from the shared object: only luaopen_llamacpp_core is.
+*/
+#ifndef LCPP_H
+#define LCPP_H
+
+#include <curl/curl.h>
+#include "lua.h"
+
+#if defined(__GNUC__) && !defined(_WIN32)
+#define LCPP_HIDDEN  __attribute__((visibility("hidden")))
+#define LCPP_EXPORT  __attribute__((visibility("default")))
+#else
+#define LCPP_HIDDEN
+#define LCPP_EXPORT
+#endif
+
+#define LCPP_ERROR_MT     "llamacpp.Error"
+#define LCPP_SESSION_MT   "llamacpp.Session"
+#define LCPP_TRANSFER_MT  "llamacpp.Transfer"
+
+/* error.c */
+LCPP_HIDDEN void lcpp_error_open (lua_State *L);
+LCPP_HIDDEN void lcpp_newerror (lua_State *L, const char *kind,
+                                const char *message, int retryable);
+LCPP_HIDDEN void lcpp_setstring (lua_State *L, const char *k, const char *v);
+LCPP_HIDDEN void lcpp_setinteger (lua_State *L, const char *k, lua_Integer v);
+LCPP_HIDDEN const char *lcpp_curlname (CURLcode code);
+LCPP_HIDDEN const char *lcpp_curlkind (CURLcode code, int *retryable);
+
+/* transfer.c */
+LCPP_HIDDEN void lcpp_transfer_open (lua_State *L);
+LCPP_HIDDEN double lcpp_now (void);
+LCPP_HIDDEN int lcpp_session_new (lua_State *L);
+
+/* core.c: shared by the two files above */
+LCPP_HIDDEN void lcpp_newclass (lua_State *L, const char *tname,
+                                const luaL_Reg *methods, const luaL_Reg *metas);
+
+#endif

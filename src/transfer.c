@@ -1,0 +1,870 @@
+/*
+** transfer.c: HTTP transfers on libcurl's multi-socket API.
+**
+** A Session owns one CURLM handle: its connection cache is shared by every
+** Transfer opened on it, so keep-alive connections are reused. libcurl's
+** socket and timer callbacks only record what to watch; a Transfer's
+** next() waits with poll() on those sockets and drives the whole session
+** (events of the other transfers are queued, not lost).
+**
+** Callbacks never touch Lua (a Lua error would longjmp through libcurl):
+** the write callback feeds the SSE/NDJSON parser, which appends events to
+** the transfer's C queue; Lua sees them in next(), after libcurl returned.
+*/
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "compat.h"
+#include "lcpp.h"
+#include "sse.h"
+
+
+#define MODE_UNDECIDED  0
+#define MODE_FRAMED     1    /* 2xx with the expected framing: parse events */
+#define MODE_RAW        2    /* anything else: keep the body whole */
+
+#define FRAMING_NONE    (-1)
+
+/* failures found by us rather than by libcurl */
+#define FAIL_NONE       0
+#define FAIL_CANCEL     1    /* session closed under the transfer */
+#define FAIL_FRAME      2    /* parser error (oversized event, no memory) */
+#define FAIL_BODY       3    /* body over max_body */
+#define FAIL_HEADERS    4    /* header block over MAX_HEADERS */
+#define FAIL_FIRSTBYTE  5    /* first_byte_timeout */
+#define FAIL_IDLE       6    /* idle_timeout */
+#define FAIL_NOMEM      7
+#define FAIL_POLL       8
+
+#define MAX_HEADERS     (256 * 1024)
+#define DEFAULT_MAXBODY (64u * 1024u * 1024u)
+/* a consumer that stops reading pauses its transfer instead of queueing
+   without bound; it resumes once the queue is half drained */
+#define QUEUE_HIGH      (1024 * 1024)
+
+
+typedef struct { char *p; size_t len, cap; } lcpp_buf;
+
+typedef struct Session Session;
+typedef struct Transfer Transfer;
+
+struct Session {
+  CURLM *multi;            /* NULL: closed */
+  Transfer *head;          /* transfers attached to multi */
+  struct pollfd *fds;      /* sockets libcurl asked us to watch */
+  int nfds, capfds;
+  double timer_at;         /* libcurl's timer, monotonic ms; < 0: none */
+};
+
+struct Transfer {
+  CURL *easy;              /* NULL: finished or closed */
+  Session *session;        /* non-NULL while attached to session->multi */
+  Transfer *prev, *next;
+  int sref;                /* registry ref keeping the session alive */
+  int closed;              /* closed by the caller: next() raises */
+  int done;                /* libcurl (or we) ended the transfer */
+  int ended;               /* next() has returned the end or the error */
+  int paused;
+  int framing, mode, fail, gotbyte;
+  CURLcode result;
+  long status;
+  struct curl_slist *headers;
+  char *body;              /* request body: CURLOPT_POSTFIELDS does not copy */
+  lcpp_frame frame;
+  lcpp_buf q;              /* queued events: [namelen][datalen][name][data] */
+  size_t qhead;
+  lcpp_buf raw;            /* body, when not framed */
+  lcpp_buf hdr;            /* header lines of the last response */
+  size_t maxbody;
+  double t0, tlast;        /* start, last byte (monotonic ms) */
+  double first_byte_ms, idle_ms, total_ms;
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+
+double lcpp_now (void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+
+/* {====== Buffers ====== */
+
+static int lcpp_reserve (lcpp_buf *b, size_t extra) {
+  size_t need = b->len + extra, cap;
+  char *p;
+  if (need <= b->cap) return 0;
+  if (need < extra) return -1;                     /* overflow */
+  cap = b->cap ? b->cap : 256;
+  while (cap < need) cap *= 2;
+  p = (char *)realloc(b->p, cap);
+  if (p == NULL) return -1;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
+
+static int lcpp_append (lcpp_buf *b, const void *s, size_t n) {
+  if (lcpp_reserve(b, n)) return -1;
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  return 0;
+}
+
+
+static void lcpp_buffree (lcpp_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* }====== */
+
+
+/* {====== libcurl callbacks: C only ====== */
+
+static int lcpp_onevent (void *ud, const char *ev, size_t evlen,
+                         const char *data, size_t datalen) {
+  Transfer *t = (Transfer *)ud;
+  size_t h[2];
+  h[0] = evlen;
+  h[1] = datalen;
+  if (lcpp_reserve(&t->q, sizeof h + evlen + datalen)) return 1;
+  memcpy(t->q.p + t->q.len, h, sizeof h);
+  memcpy(t->q.p + t->q.len + sizeof h, ev, evlen);
+  memcpy(t->q.p + t->q.len + sizeof h + evlen, data, datalen);
+  t->q.len += sizeof h + evlen + datalen;
+  return 0;
+}
+
+
+static int lcpp_prefix (const char *s, const char *prefix) {
+  for (; *prefix; s++, prefix++) {
+    char c = *s;
+    if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+    if (c != *prefix) return 0;
+  }
+  return 1;
+}
+
+
+/* At the first body byte (or the end): parse events only from a 2xx
+   answer with the expected type; keep anything else whole for Lua. */
+static void lcpp_decide (Transfer *t) {
+  long status = 0;
+  char *ct = NULL;
+  curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(t->easy, CURLINFO_CONTENT_TYPE, &ct);
+  t->status = status;
+  t->mode = MODE_RAW;
+  if (t->framing != FRAMING_NONE && status >= 200 && status < 300 &&
+      (t->framing == LCPP_NDJSON ||
+       (ct != NULL && lcpp_prefix(ct, "text/event-stream"))))
+    t->mode = MODE_FRAMED;
+}
+
+
+static size_t lcpp_onwrite (char *p, size_t size, size_t n, void *ud) {
+  Transfer *t = (Transfer *)ud;
+  size_t len = size * n;
+  t->gotbyte = 1;
+  t->tlast = lcpp_now();
+  if (t->mode == MODE_UNDECIDED) lcpp_decide(t);
+  if (t->mode == MODE_RAW) {
+    if (t->raw.len + len > t->maxbody) { t->fail = FAIL_BODY; return 0; }
+    if (lcpp_append(&t->raw, p, len)) { t->fail = FAIL_NOMEM; return 0; }
+    return len;
+  }
+  if (t->q.len - t->qhead > QUEUE_HIGH) {          /* nobody is reading */
+    t->paused = 1;
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (lcpp_frame_feed(&t->frame, p, len, lcpp_onevent, t) != LCPP_FRAME_OK) {
+    t->fail = FAIL_FRAME;
+    return 0;                                      /* -> CURLE_WRITE_ERROR */
+  }
+  return len;
+}
+
+
+static size_t lcpp_onheader (char *p, size_t size, size_t n, void *ud) {
+  Transfer *t = (Transfer *)ud;
+  size_t len = size * n;
+  t->gotbyte = 1;
+  t->tlast = lcpp_now();
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0)
+    t->hdr.len = 0;                 /* a new response: 1xx or a redirect */
+  if (t->hdr.len + len > MAX_HEADERS) { t->fail = FAIL_HEADERS; return 0; }
+  if (lcpp_append(&t->hdr, p, len)) { t->fail = FAIL_NOMEM; return 0; }
+  return len;
+}
+
+
+static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
+                          void *sp) {
+  Session *s = (Session *)ud;
+  int i;
+  (void)e; (void)sp;
+  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
+  if (what == CURL_POLL_REMOVE) {
+    if (i < s->nfds) s->fds[i] = s->fds[--s->nfds];
+    return 0;
+  }
+  if (i == s->nfds) {
+    if (s->nfds == s->capfds) {
+      int cap = s->capfds ? 2 * s->capfds : 8;
+      struct pollfd *p = (struct pollfd *)realloc(s->fds, cap * sizeof *p);
+      if (p == NULL) return -1;
+      s->fds = p;
+      s->capfds = cap;
+    }
+    s->fds[s->nfds++].fd = fd;
+  }
+  s->fds[i].events = (short)(((what & CURL_POLL_IN) ? POLLIN : 0) |
+                             ((what & CURL_POLL_OUT) ? POLLOUT : 0));
+  s->fds[i].revents = 0;
+  return 0;
+}
+
+
+static int lcpp_ontimer (CURLM *m, long ms, void *ud) {
+  Session *s = (Session *)ud;
+  (void)m;
+  s->timer_at = ms < 0 ? -1.0 : lcpp_now() + (double)ms;
+  return 0;
+}
+
+/* }====== */
+
+
+/* {====== Driving a session ====== */
+
+static void lcpp_detach (Transfer *t) {
+  Session *s = t->session;
+  if (s == NULL) return;
+  curl_multi_remove_handle(s->multi, t->easy);
+  if (t->prev) t->prev->next = t->next; else s->head = t->next;
+  if (t->next) t->next->prev = t->prev;
+  t->prev = t->next = NULL;
+  t->session = NULL;
+}
+
+
+/* The transfer is over, well or not: stop it and flush the parser. */
+static void lcpp_finish (Transfer *t, CURLcode result, int fail) {
+  if (t->done) return;
+  t->done = 1;
+  t->result = result;
+  if (t->fail == FAIL_NONE) t->fail = fail;
+  if (t->mode == MODE_UNDECIDED) lcpp_decide(t);
+  lcpp_detach(t);
+  if (t->mode == MODE_FRAMED && t->fail == FAIL_NONE && result == CURLE_OK &&
+      lcpp_frame_finish(&t->frame, lcpp_onevent, t, NULL) != LCPP_FRAME_OK)
+    t->fail = FAIL_FRAME;
+}
+
+
+static void lcpp_reap (Session *s) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(s->multi, &left)) != NULL) {
+    char *p = NULL;
+    if (m->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &p);
+    lcpp_finish((Transfer *)(void *)p, m->data.result, FAIL_NONE);
+  }
+}
+
+
+/* Our own two timeouts; libcurl keeps connect and total. */
+static double lcpp_deadline (Transfer *t) {
+  if (t->paused) return -1;               /* silence is the reader's doing */
+  if (!t->gotbyte) return t->first_byte_ms > 0 ? t->t0 + t->first_byte_ms : -1;
+  return t->idle_ms > 0 ? t->tlast + t->idle_ms : -1;
+}
+
+
+static double lcpp_earliest (Session *s) {
+  double at = s->timer_at;
+  Transfer *t;
+  for (t = s->head; t != NULL; t = t->next) {
+    double d = lcpp_deadline(t);
+    if (d >= 0 && (at < 0 || d < at)) at = d;
+  }
+  return at;
+}
+
+
+static void lcpp_expire (Session *s, double now) {
+  Transfer *t = s->head;
+  while (t != NULL) {
+    Transfer *next = t->next;
+    double d = lcpp_deadline(t);
+    if (d >= 0 && now >= d)
+      lcpp_finish(t, CURLE_OK, t->gotbyte ? FAIL_IDLE : FAIL_FIRSTBYTE);
+    t = next;
+  }
+}
+
+
+/*
+** Waits at most wait_ms (< 0: until something happens) for a socket or a
+** timer, and lets libcurl do what is ready. Returns 0, or -1 when poll()
+** failed (errno set).
+*/
+static int lcpp_step (Session *s, double wait_ms) {
+  struct pollfd ready[16];
+  double at = lcpp_earliest(s), now = lcpp_now();
+  int n, i, nready, ms;
+  if (at >= 0) {
+    double d = at > now ? at - now : 0;
+    if (wait_ms < 0 || d < wait_ms) wait_ms = d;
+  }
+  if (wait_ms < 0 && s->nfds == 0) wait_ms = 1000;   /* cannot happen; be safe */
+  ms = wait_ms < 0 ? -1 : (int)wait_ms + ((double)(int)wait_ms < wait_ms);
+  n = poll(s->fds, (nfds_t)s->nfds, ms);
+  if (n < 0 && errno != EINTR) return -1;
+  while (n > 0) {
+    /* libcurl's callbacks change s->fds while we act: copy a batch first */
+    for (i = 0, nready = 0; i < s->nfds && nready < 16; i++) {
+      if (s->fds[i].revents) {
+        ready[nready++] = s->fds[i];
+        s->fds[i].revents = 0;
+      }
+    }
+    if (nready == 0) break;
+    for (i = 0; i < nready; i++) {
+      int flags = 0, running;
+      short r = ready[i].revents;
+      if (r & (POLLIN | POLLHUP)) flags |= CURL_CSELECT_IN;
+      if (r & POLLOUT) flags |= CURL_CSELECT_OUT;
+      if (r & (POLLERR | POLLNVAL)) flags |= CURL_CSELECT_ERR;
+      curl_multi_socket_action(s->multi, ready[i].fd, flags, &running);
+    }
+    n -= nready;
+  }
+  now = lcpp_now();
+  if (s->timer_at >= 0 && now >= s->timer_at) {
+    int running;
+    s->timer_at = -1;
+    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  }
+  lcpp_reap(s);
+  lcpp_expire(s, lcpp_now());
+  return 0;
+}
+
+/* }====== */
+
+
+/* {====== Transfer ====== */
+
+static Transfer *checktransfer (lua_State *L, int i) {
+  return (Transfer *)luaL_checkudata(L, i, LCPP_TRANSFER_MT);
+}
+
+
+static Transfer *checkopen (lua_State *L, int i) {
+  Transfer *t = checktransfer(L, i);
+  luaL_argcheck(L, !t->closed, i, "transfer is closed");
+  return t;
+}
+
+
+/* Frees what libcurl and the parser hold; keeps status, headers, body. */
+static void lcpp_release (Transfer *t) {
+  if (t->easy != NULL) {
+    lcpp_detach(t);
+    curl_easy_cleanup(t->easy);
+    t->easy = NULL;
+  }
+  curl_slist_free_all(t->headers);
+  t->headers = NULL;
+  free(t->body);
+  t->body = NULL;
+  lcpp_frame_free(&t->frame);
+  lcpp_buffree(&t->q);
+  t->qhead = 0;
+}
+
+
+/* close, __gc and __close. Aborting a running transfer closes its
+   connection, so the server sees the client go. Tolerates half-built
+   userdata: every field starts zeroed. */
+static int transfer_close (lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  if (t->closed) return 0;
+  t->closed = 1;
+  t->done = t->ended = 1;
+  lcpp_release(t);
+  lcpp_buffree(&t->raw);
+  lcpp_buffree(&t->hdr);
+  if (t->sref != LUA_NOREF && t->sref != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->sref);
+    t->sref = LUA_NOREF;
+  }
+  return 0;
+}
+
+
+static int lcpp_pop (lua_State *L, Transfer *t) {
+  size_t h[2];
+  const char *p = t->q.p + t->qhead;
+  memcpy(h, p, sizeof h);
+  lua_pushlstring(L, p + sizeof h + h[0], h[1]);             /* data */
+  if (h[0] > 0) lua_pushlstring(L, p + sizeof h, h[0]);      /* name */
+  else lua_pushnil(L);
+  t->qhead += sizeof h + h[0] + h[1];
+  if (t->qhead == t->q.len)
+    t->qhead = t->q.len = 0;
+  else if (t->qhead > 65536 && t->qhead > t->q.len / 2) {
+    memmove(t->q.p, t->q.p + t->qhead, t->q.len - t->qhead);
+    t->q.len -= t->qhead;
+    t->qhead = 0;
+  }
+  if (t->paused && t->easy != NULL && t->q.len - t->qhead < QUEUE_HIGH / 2) {
+    t->paused = 0;
+    t->tlast = lcpp_now();
+    curl_easy_pause(t->easy, CURLPAUSE_CONT);
+  }
+  return 2;
+}
+
+
+static const char *lcpp_timeoutphase (Transfer *t) {
+  double elapsed = lcpp_now() - t->t0;
+  if (t->total_ms > 0 && elapsed + 5 >= t->total_ms) return "total";
+  return t->gotbyte ? "total" : "connect";
+}
+
+
+/* The transfer is done and its queue empty: push the end (nothing) or
+   the error, and release what libcurl held. */
+static int lcpp_end (lua_State *L, Transfer *t) {
+  int retry = 0;
+  const char *kind;
+  t->ended = 1;
+  switch (t->fail) {
+    case FAIL_NONE:
+      if (t->result == CURLE_OK) { lcpp_release(t); return 0; }
+      kind = lcpp_curlkind(t->result, &retry);
+      lcpp_newerror(L, kind, t->errbuf[0] ? t->errbuf
+                    : curl_easy_strerror(t->result), retry);
+      lcpp_setstring(L, "code", lcpp_curlname(t->result));
+      if (t->result == CURLE_OPERATION_TIMEDOUT)
+        lcpp_setstring(L, "phase", lcpp_timeoutphase(t));
+      break;
+    case FAIL_CANCEL:
+      lcpp_newerror(L, "cancelled", "the session was closed", 0);
+      break;
+    case FAIL_FRAME:
+      if (t->frame.error == LCPP_FRAME_EOVERSIZE) {
+        lua_pushfstring(L, "event larger than %d bytes", (int)t->frame.max_event);
+        lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
+        lua_remove(L, -2);
+        lcpp_setstring(L, "code", "EVENT_TOO_LARGE");
+      } else
+        lcpp_newerror(L, "protocol", "out of memory while parsing events", 0);
+      break;
+    case FAIL_BODY:
+      lua_pushfstring(L, "response body larger than %d bytes", (int)t->maxbody);
+      lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
+      lua_remove(L, -2);
+      lcpp_setstring(L, "code", "BODY_TOO_LARGE");
+      break;
+    case FAIL_HEADERS:
+      lcpp_newerror(L, "protocol", "response header block too large", 0);
+      lcpp_setstring(L, "code", "HEADERS_TOO_LARGE");
+      break;
+    case FAIL_FIRSTBYTE: case FAIL_IDLE: {
+      int first = t->fail == FAIL_FIRSTBYTE;
+      lua_pushfstring(L, first ? "no reply within %d ms"
+                      : "no data for %d ms", (int)(first ? t->first_byte_ms
+                                                   : t->idle_ms));
+      lcpp_newerror(L, "timeout", lua_tostring(L, -1), 1);
+      lua_remove(L, -2);
+      lcpp_setstring(L, "code", "OPERATION_TIMEDOUT");
+      lcpp_setstring(L, "phase", first ? "first_byte" : "idle");
+      break;
+    }
+    case FAIL_POLL:
+      lcpp_newerror(L, "network", "poll() failed", 1);
+      break;
+    default:
+      lcpp_newerror(L, "network", "out of memory", 0);
+      break;
+  }
+  if (t->status > 0) lcpp_setinteger(L, "status", (lua_Integer)t->status);
+  lcpp_release(t);
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
+
+/*
+** transfer:next([timeout_ms]) -> data, name | nil (end) | nil, err |
+** false (timeout_ms passed with nothing ready; 0 = never block).
+** For a framed stream each result is one event's data and name (nil for
+** the default). A raw (unframed) transfer yields nothing but its end.
+*/
+static int transfer_next (lua_State *L) {
+  Transfer *t = checkopen(L, 1);
+  lua_Number tmo = luaL_optnumber(L, 2, -1);
+  double deadline = tmo < 0 ? -1 : lcpp_now() + (double)tmo;
+  for (;;) {
+    if (t->qhead < t->q.len) return lcpp_pop(L, t);
+    if (t->ended) return 0;
+    if (t->done) return lcpp_end(L, t);
+    if (lcpp_step(t->session, deadline < 0 ? -1 : deadline - lcpp_now()) < 0)
+      lcpp_finish(t, CURLE_OK, FAIL_POLL);
+    if (deadline >= 0 && !t->done && t->qhead == t->q.len &&
+        lcpp_now() >= deadline) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+  }
+}
+
+
+static void lcpp_pushlower (lua_State *L, const char *s, size_t n) {
+  luaL_Buffer b;
+  size_t i;
+  luaL_buffinit(L, &b);
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    luaL_addchar(&b, (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c);
+  }
+  luaL_pushresult(&b);
+}
+
+
+/* transfer:response() -> {status=, headers={lowercase name=value}, body=,
+   framed=}: what is known so far (complete once next() returned the end). */
+static int transfer_response (lua_State *L) {
+  Transfer *t = checkopen(L, 1);
+  size_t i = 0;
+  if (t->easy != NULL && t->mode == MODE_UNDECIDED && t->gotbyte) {
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    t->status = status;
+  }
+  lua_createtable(L, 0, 4);
+  if (t->status > 0) lcpp_setinteger(L, "status", (lua_Integer)t->status);
+  lua_pushboolean(L, t->mode == MODE_FRAMED);
+  lua_setfield(L, -2, "framed");
+  lua_pushlstring(L, t->raw.p ? t->raw.p : "", t->raw.len);
+  lua_setfield(L, -2, "body");
+  lua_newtable(L);                                      /* res, headers */
+  while (i < t->hdr.len) {                /* "Name: value\r\n" lines */
+    const char *line = t->hdr.p + i, *end, *colon, *v, *ve;
+    end = (const char *)memchr(line, '\n', t->hdr.len - i);
+    if (end == NULL) end = t->hdr.p + t->hdr.len;
+    i = (size_t)(end - t->hdr.p) + 1;
+    colon = (const char *)memchr(line, ':', (size_t)(end - line));
+    if (colon == NULL || colon == line) continue;   /* status line, blank */
+    for (v = colon + 1; v < end && (*v == ' ' || *v == '\t'); v++) ;
+    for (ve = end; ve > v && (ve[-1] == '\r' || ve[-1] == ' '); ve--) ;
+    lcpp_pushlower(L, line, (size_t)(colon - line));  /* res, headers, name */
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);                          /* res, headers, name, old */
+    if (lua_isstring(L, -1)) {                  /* repeated: join with ", " */
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, v, (size_t)(ve - v));
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushlstring(L, v, (size_t)(ve - v));
+    }
+    lua_rawset(L, -3);                          /* res, headers */
+  }
+  lua_setfield(L, -2, "headers");
+  return 1;
+}
+
+
+static int transfer_tostring (lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  lua_pushfstring(L, "llamacpp.Transfer (%s)", t->closed ? "closed"
+                  : t->ended ? "ended" : t->done ? "done" : "running");
+  return 1;
+}
+
+/* }====== */
+
+
+/* {====== Session ====== */
+
+static Session *checksession (lua_State *L, int i) {
+  Session *s = (Session *)luaL_checkudata(L, i, LCPP_SESSION_MT);
+  luaL_argcheck(L, s->multi != NULL, i, "session is closed");
+  return s;
+}
+
+
+int lcpp_session_new (lua_State *L) {
+  Session *s = (Session *)lua_newuserdata(L, sizeof *s);
+  memset(s, 0, sizeof *s);
+  s->timer_at = -1;
+  luaL_getmetatable(L, LCPP_SESSION_MT);
+  lua_setmetatable(L, -2);
+  s->multi = curl_multi_init();
+  if (s->multi == NULL) return luaL_error(L, "curl_multi_init failed");
+  curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, lcpp_onsocket);
+  curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
+  curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, lcpp_ontimer);
+  curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
+  return 1;
+}
+
+
+/* close and __gc: transfers still running end with a "cancelled" error. */
+static int session_close (lua_State *L) {
+  Session *s = (Session *)luaL_checkudata(L, 1, LCPP_SESSION_MT);
+  if (s->multi == NULL) return 0;
+  while (s->head != NULL)
+    lcpp_finish(s->head, CURLE_OK, FAIL_CANCEL);
+  curl_multi_cleanup(s->multi);
+  s->multi = NULL;
+  free(s->fds);
+  s->fds = NULL;
+  s->nfds = s->capfds = 0;
+  return 0;
+}
+
+
+/* Reads opts[k] as a number of milliseconds; 0 or absent means none. */
+static double lcpp_optms (lua_State *L, int opts, const char *k) {
+  double v;
+  lua_getfield(L, opts, k);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
+  if (!lua_isnumber(L, -1)) luaL_error(L, "option '%s' must be a number", k);
+  v = (double)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (v < 0) luaL_error(L, "option '%s' must not be negative", k);
+  return v;
+}
+
+
+static const char *lcpp_optstr (lua_State *L, int opts, const char *k,
+                                size_t *len) {
+  const char *s = NULL;
+  lua_getfield(L, opts, k);
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "option '%s' must be a string", k);
+    s = lua_tolstring(L, -1, len);
+  }
+  lua_pop(L, 1);   /* still referenced by opts */
+  return s;
+}
+
+
+static int lcpp_optbool (lua_State *L, int opts, const char *k) {
+  int b;
+  lua_getfield(L, opts, k);
+  b = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
+
+/* A header line is refused if it carries CR, LF or NUL: those would let
+   a value smuggle another header or request into the connection. */
+static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
+  int i, n;
+  lua_getfield(L, opts, "headers");
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  luaL_argcheck(L, lua_istable(L, -1), 2, "option 'headers' must be a table");
+  n = (int)lua_rawlen(L, -1);
+  for (i = 1; i <= n; i++) {
+    size_t len, j;
+    const char *h;
+    struct curl_slist *l;
+    lua_rawgeti(L, -1, i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "header %d must be a string", i);
+    h = lua_tolstring(L, -1, &len);
+    for (j = 0; j < len; j++)
+      if (h[j] == '\r' || h[j] == '\n' || h[j] == '\0')
+        luaL_error(L, "header %d contains CR, LF or NUL", i);
+    l = curl_slist_append(t->headers, h);
+    if (l == NULL) luaL_error(L, "out of memory");
+    t->headers = l;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+
+#define SETOPT(o, v)  if (curl_easy_setopt(t->easy, o, v) != CURLE_OK) \
+                        return luaL_error(L, "cannot set " #o)
+
+/*
+** session:open{url=, method=, headers={"Name: value", ...}, body=,
+** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
+** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
+** ca_file=, ca_path=, insecure=, follow=} -> Transfer (already started).
+*/
+static int session_open (lua_State *L) {
+  Session *s = checksession(L, 1);
+  Transfer *t;
+  const char *url, *method, *fr, *str;
+  size_t bodylen = 0;
+  double v;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  t = (Transfer *)lua_newuserdata(L, sizeof *t);   /* s, opts, t */
+  memset(t, 0, sizeof *t);
+  t->sref = LUA_NOREF;
+  t->framing = FRAMING_NONE;
+  t->t0 = t->tlast = lcpp_now();
+  luaL_getmetatable(L, LCPP_TRANSFER_MT);
+  lua_setmetatable(L, -2);
+  url = lcpp_optstr(L, 2, "url", NULL);
+  luaL_argcheck(L, url != NULL, 2, "option 'url' is required");
+  fr = lcpp_optstr(L, 2, "framing", NULL);
+  if (fr != NULL) {
+    if (strcmp(fr, "sse") == 0) t->framing = LCPP_SSE;
+    else if (strcmp(fr, "ndjson") == 0) t->framing = LCPP_NDJSON;
+    else luaL_argerror(L, 2, "option 'framing' must be \"sse\" or \"ndjson\"");
+  }
+  v = lcpp_optms(L, 2, "max_event");
+  lcpp_frame_init(&t->frame, t->framing == LCPP_NDJSON ? LCPP_NDJSON : LCPP_SSE,
+                  (size_t)v);
+  v = lcpp_optms(L, 2, "max_body");
+  t->maxbody = v > 0 ? (size_t)v : DEFAULT_MAXBODY;
+  t->first_byte_ms = lcpp_optms(L, 2, "first_byte_timeout");
+  t->idle_ms = lcpp_optms(L, 2, "idle_timeout");
+  t->total_ms = lcpp_optms(L, 2, "timeout");
+  lcpp_setheaders(L, 2, t);
+  str = lcpp_optstr(L, 2, "body", &bodylen);
+  if (str != NULL) {
+    t->body = (char *)malloc(bodylen ? bodylen : 1);
+    if (t->body == NULL) return luaL_error(L, "out of memory");
+    memcpy(t->body, str, bodylen);
+  }
+  method = lcpp_optstr(L, 2, "method", NULL);
+  t->easy = curl_easy_init();
+  if (t->easy == NULL) return luaL_error(L, "curl_easy_init failed");
+  SETOPT(CURLOPT_URL, url);
+  SETOPT(CURLOPT_PRIVATE, (void *)t);
+  SETOPT(CURLOPT_ERRORBUFFER, t->errbuf);
+  SETOPT(CURLOPT_NOSIGNAL, 1L);
+  SETOPT(CURLOPT_WRITEFUNCTION, lcpp_onwrite);
+  SETOPT(CURLOPT_WRITEDATA, (void *)t);
+  SETOPT(CURLOPT_HEADERFUNCTION, lcpp_onheader);
+  SETOPT(CURLOPT_HEADERDATA, (void *)t);
+  SETOPT(CURLOPT_TCP_NODELAY, 1L);
+  SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+  SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  SETOPT(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  SETOPT(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  if (t->headers) SETOPT(CURLOPT_HTTPHEADER, t->headers);
+  if (t->body != NULL) {
+    SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+    SETOPT(CURLOPT_POSTFIELDS, t->body);
+  }
+  if (method != NULL && strcmp(method, t->body ? "POST" : "GET") != 0)
+    SETOPT(CURLOPT_CUSTOMREQUEST, method);
+  if (t->total_ms > 0) SETOPT(CURLOPT_TIMEOUT_MS, (long)t->total_ms);
+  v = lcpp_optms(L, 2, "connect_timeout");
+  if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)v);
+  if ((str = lcpp_optstr(L, 2, "proxy", NULL)) != NULL) SETOPT(CURLOPT_PROXY, str);
+  if ((str = lcpp_optstr(L, 2, "ca_file", NULL)) != NULL) SETOPT(CURLOPT_CAINFO, str);
+  if ((str = lcpp_optstr(L, 2, "ca_path", NULL)) != NULL) SETOPT(CURLOPT_CAPATH, str);
+  if (lcpp_optbool(L, 2, "insecure")) {
+    SETOPT(CURLOPT_SSL_VERIFYPEER, 0L);
+    SETOPT(CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if (lcpp_optbool(L, 2, "follow")) {
+    SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
+    SETOPT(CURLOPT_MAXREDIRS, 5L);
+  }
+  if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
+    SETOPT(CURLOPT_USERAGENT, str);
+  if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK)
+    return luaL_error(L, "curl_multi_add_handle failed");
+  t->session = s;                        /* link first: keep the list exact */
+  t->next = s->head;
+  if (s->head) s->head->prev = t;
+  s->head = t;
+  lua_pushvalue(L, 1);                   /* s, opts, t, s */
+  t->sref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+
+/* session:step([timeout_ms]): drive every transfer once, waiting at most
+   timeout_ms (default 0) for something to happen. Returns the number of
+   transfers still running. */
+static int session_step (lua_State *L) {
+  Session *s = checksession(L, 1);
+  lua_Number tmo = luaL_optnumber(L, 2, 0);
+  int n = 0;
+  Transfer *t;
+  if (s->head != NULL) lcpp_step(s, (double)tmo);
+  for (t = s->head; t != NULL; t = t->next) n++;
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+
+static int session_tostring (lua_State *L) {
+  Session *s = (Session *)luaL_checkudata(L, 1, LCPP_SESSION_MT);
+  lua_pushfstring(L, "llamacpp.Session (%s)", s->multi ? "open" : "closed");
+  return 1;
+}
+
+/* }====== */
+
+
+static const luaL_Reg transfer_methods[] = {
+  {"next", transfer_next},
+  {"response", transfer_response},
+  {"close", transfer_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg transfer_metas[] = {
+  {"__gc", transfer_close},
+  {"__tostring", transfer_tostring},
+#if LUA_VERSION_NUM >= 504
+  {"__close", transfer_close},
+#endif
+  {NULL, NULL}
+};
+
+static const luaL_Reg session_methods[] = {
+  {"open", session_open},
+  {"step", session_step},
+  {"close", session_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg session_metas[] = {
+  {"__gc", session_close},
+  {"__tostring", session_tostring},
+  {NULL, NULL}
+};
+
+
+void lcpp_transfer_open (lua_State *L) {
+  lcpp_newclass(L, LCPP_SESSION_MT, session_methods, session_metas);
+  lcpp_newclass(L, LCPP_TRANSFER_MT, transfer_methods, transfer_metas);
+}
