@@ -45,6 +45,7 @@
 #define FAIL_IDLE       6    /* idle_timeout */
 #define FAIL_NOMEM      7
 #define FAIL_POLL       8
+#define FAIL_HEADCUT    9    /* closed before the header block ended */
 
 #define MAX_HEADERS     (256 * 1024)
 #define DEFAULT_MAXBODY (64u * 1024u * 1024u)
@@ -76,6 +77,7 @@ struct Transfer {
   int ended;               /* next() has returned the end or the error */
   int paused;
   int framing, mode, fail, gotbyte;
+  int headend;             /* the blank line closing the headers was seen */
   CURLcode result;
   long status;
   struct curl_slist *headers;
@@ -204,8 +206,11 @@ static size_t lcpp_onheader (char *p, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   t->gotbyte = 1;
   t->tlast = lcpp_now();
-  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0)
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
     t->hdr.len = 0;                 /* a new response: 1xx or a redirect */
+    t->headend = 0;
+  } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n'))
+    t->headend = 1;
   if (t->hdr.len + len > MAX_HEADERS) { t->fail = FAIL_HEADERS; return 0; }
   if (lcpp_append(&t->hdr, p, len)) { t->fail = FAIL_NOMEM; return 0; }
   return len;
@@ -268,6 +273,10 @@ static void lcpp_finish (Transfer *t, CURLcode result, int fail) {
   t->done = 1;
   t->result = result;
   if (t->fail == FAIL_NONE) t->fail = fail;
+  /* libcurl takes a connection closed inside the header block for the
+     end of a bodiless answer; it is a lost connection */
+  if (result == CURLE_OK && t->fail == FAIL_NONE && !t->headend)
+    t->fail = FAIL_HEADCUT;
   if (t->mode == MODE_UNDECIDED) lcpp_decide(t);
   lcpp_detach(t);
   if (t->mode == MODE_FRAMED && t->fail == FAIL_NONE && result == CURLE_OK &&
@@ -501,6 +510,10 @@ static int lcpp_end (lua_State *L, Transfer *t) {
     }
     case FAIL_POLL:
       lcpp_newerror(L, "network", "poll() failed", 1);
+      break;
+    case FAIL_HEADCUT:
+      lcpp_newerror(L, "network", "connection closed inside the header block", 1);
+      lcpp_setstring(L, "code", "PARTIAL_HEADERS");
       break;
     default:
       lcpp_newerror(L, "network", "out of memory", 0);

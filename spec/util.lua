@@ -1,0 +1,74 @@
+-- Shared helpers for the specs: reading captures, an independent decoding
+-- of their streams (the oracle the client is checked against), free ports.
+local cjson = require "cjson"
+local socket = require "socket"
+
+local M = {}
+
+function M.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function M.fixture(name)
+  return M.read("spec/fixtures/" .. name .. ".response")
+end
+
+-- The body of a raw HTTP response, de-chunked when chunked.
+function M.body(raw)
+  local head, body = raw:match("^(.-\r\n)\r\n(.*)$")
+  if not head:lower():find("transfer%-encoding: chunked") then return body end
+  local out, i = {}, 1
+  while true do
+    local size, j = body:match("^(%x+)[^\r\n]*\r\n()", i)
+    size = tonumber(size, 16)
+    if not size or size == 0 then break end
+    out[#out + 1] = body:sub(j, j + size - 1)
+    i = j + size + 2
+  end
+  return table.concat(out)
+end
+
+-- What a stream capture holds, read with plain patterns and cjson:
+-- content, reasoning, finish reason, usage, whether it ends with [DONE].
+function M.expected(name)
+  local body = M.body(M.fixture(name))
+  local r = { content = {}, ncontent = 0, done = false }
+  for data in body:gmatch("data: ([^\n]*)\n\n") do
+    if data == "[DONE]" then r.done = true
+    else
+      local o = cjson.decode(data)
+      local c = o.choices and o.choices[1]
+      if c and type(c.delta) == "table" and type(c.delta.content) == "string"
+         and c.delta.content ~= "" then
+        r.content[#r.content + 1] = c.delta.content
+        r.ncontent = r.ncontent + 1
+      end
+      if c and type(c.finish_reason) == "string" then r.finish = c.finish_reason end
+      if type(o.usage) == "table" then r.usage = o.usage end
+    end
+  end
+  r.content = table.concat(r.content)
+  return r
+end
+
+-- A port nothing listens on (bound, then closed).
+function M.closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- Collects every event of a stream iterator.
+function M.collect(iter, state, ctl, closing)
+  local evs = {}
+  for ev in iter, state, ctl, closing do evs[#evs + 1] = ev end
+  return evs
+end
+
+function M.sleep(s) socket.sleep(s) end
+
+return M
