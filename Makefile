@@ -1,7 +1,10 @@
 # Development build; mirrors rockspec/llamacpp-scm-1.rockspec.
+#   make deps         the Debian packages needed to build, test and run
 #   make              Lua 5.4 -> build/5.4/llamacpp/core.so
 #   make LUA=luajit   LuaJIT  -> build/luajit/llamacpp/core.so
-#   make test         both builds, busted under lua5.4 and luajit
+#   make chat         build, then stream a chat from LLAMACPP_ENDPOINT
+#   make demo         build, then stream a recorded reply over loopback
+#   make test         both builds, the C tests, busted under lua5.4 and luajit
 LUA ?= lua5.4
 ifeq ($(LUA),luajit)
 LUA_INCDIR ?= /usr/include/luajit-2.1
@@ -20,7 +23,22 @@ SRC = src/core.c src/transfer.c src/sse.c src/error.c
 HDR = src/compat.h src/lcpp.h src/sse.h
 OUT = build/$(LUAV)/llamacpp/core.so
 
+DEBS = make gcc libc6-dev pkg-config curl libcurl4-openssl-dev \
+  lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
+  lua-cjson lua-socket lua-busted luarocks
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 all: $(OUT)
+
+deps:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS)
+
+chat: all
+	$(LUA) examples/chat.lua $(PROMPT)
+
+demo: all
+	$(LUA) examples/demo.lua
 
 $(OUT): $(SRC) $(HDR)
 	@mkdir -p $(@D)
@@ -39,4 +57,4 @@ test:
 clean:
 	rm -rf build
 
-.PHONY: all check-c test clean
+.PHONY: all deps chat demo check-c test clean
