@@ -22,9 +22,10 @@ awk '
     for (i = 1; i < NF; i++) {
       if ($(i+1) ~ /^success/) p += $i
       if ($(i+1) ~ /^failure/ || $(i+1) ~ /^error/) f += $i
+      if ($(i+1) ~ /^pending/) s += $i
     }
   }
   /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
-  END { printf "%d passed, %d failed\n", p, f }
+  END { printf "%d passed, %d failed, %d skipped\n", p, f, s }
 ' "$log"
 exit $status

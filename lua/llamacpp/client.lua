@@ -7,7 +7,18 @@ local M = {}
 
 local type, pairs, setmetatable, tostring = type, pairs, setmetatable, tostring
 
-local PROVIDERS = { llamacpp = "llamacpp.providers.llamacpp" }
+-- A provider is a module llamacpp.providers.<name>; see
+-- providers/llamacpp.lua for the fields and functions it has.
+local function load_provider(name)
+  if type(name) ~= "string" or not name:match("^[%w_]+$") then return nil end
+  local ok, p = pcall(require, "llamacpp.providers." .. name)
+  if ok and type(p) == "table" then return p end
+  if not ok and not tostring(p):find("module 'llamacpp.providers." .. name .. "' not found", 1, true) then
+    error(p, 0)          -- the provider exists but is broken: say so
+  end
+  return nil
+end
+M.load_provider = load_provider
 
 -- API keys live here, not on the client table: a client printed with
 -- vim.inspect() or serialised by a debugger shows no key.
@@ -87,8 +98,8 @@ function M.new(opts)
     if want == "number" and v < 0 then error("option '" .. k .. "' must not be negative", 2) end
   end
   local pname = opts.provider or "llamacpp"
-  if not PROVIDERS[pname] then error("unknown provider '" .. pname .. "'", 2) end
-  local provider = require(PROVIDERS[pname])
+  local provider = load_provider(pname)
+  if not provider then error("unknown provider '" .. tostring(pname) .. "'", 2) end
   local raw = opts.endpoint or provider.default_endpoint
   if raw:find("[%s%c]") then error("bad endpoint (contains white space or control characters)", 2) end
   local endpoint, host = parse_endpoint(raw)
@@ -149,7 +160,8 @@ function Client:_open(method, path, body, framing)
   local h = { "Accept: " .. (framing == "sse" and "text/event-stream" or "application/json"),
               "Expect:" }
   if body then h[#h + 1] = "Content-Type: application/json" end
-  if key then h[#h + 1] = "Authorization: Bearer " .. key end
+  local ph = self.provider.headers(key)
+  for i = 1, #ph do h[#h + 1] = ph[i] end
   for i = 1, #self.header_lines do h[#h + 1] = self.header_lines[i] end
   local o = { url = self.url .. path, method = method, body = body,
               headers = h, framing = framing }

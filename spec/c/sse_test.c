@@ -23,26 +23,28 @@
 
 static int npass, nfail;
 
-static void fail (const char *fmt, ...) {
-  va_list ap;
+static void vfail (const char *fmt, va_list ap) {
   nfail++;
   printf("FAIL: ");
-  va_start(ap, fmt);
   vprintf(fmt, ap);
-  va_end(ap);
   printf("\n");
 }
 
-/* one counted check; the message says what was expected */
+/* a failure found on the way, not counted as a pass otherwise */
+static void fail (const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfail(fmt, ap);
+  va_end(ap);
+}
+
+/* one counted check; the message says what went wrong */
 static void check (int ok, const char *fmt, ...) {
   va_list ap;
   if (ok) { npass++; return; }
-  nfail++;
-  printf("FAIL: ");
   va_start(ap, fmt);
-  vprintf(fmt, ap);
+  vfail(fmt, ap);
   va_end(ap);
-  printf("\n");
 }
 
 /* }====== */

@@ -2,6 +2,16 @@
 -- (`/v1/chat/completions`), as the captures in spec/fixtures show it.
 -- Pure translation: request tables in, response tables and events out;
 -- no I/O here.
+--
+-- Every provider module has the same shape (the client uses nothing else):
+--   name, label              "llamacpp", "llama-server" (label: in messages)
+--   default_endpoint         used when the client has none
+--   chat_path, framing       "/v1/chat/completions", "sse" | "ndjson"
+--   headers(key)             -> array of "Name: value" lines (auth & co.)
+--   chat_body(req, stream, model) -> the JSON body as a table
+--   parse_chat(obj)          -> result table | nil, Error
+--   decoder()                -> d with d:feed(data, event_name, push) -> Error|nil,
+--                               d.finished (terminator seen), d:partial(), d:done()
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 
@@ -14,6 +24,11 @@ local M = {
 }
 
 local type, concat = type, table.concat
+
+function M.headers(key)
+  if key then return { "Authorization: Bearer " .. key } end
+  return {}
+end
 
 -- Request fields that are ours, not the server's.
 local LOCAL_FIELDS = { system = true, messages = true, tier = true }
