@@ -58,3 +58,6 @@ clean:
 	rm -rf build
 
 .PHONY: all deps chat demo check-c test clean
+
+# mk/*.mk: further targets (bench, sanitizers, fuzzing), one file per area
+-include mk/*.mk

@@ -654,7 +654,10 @@ static void oversize_stream (const char *name, int mode, size_t max,
   while (fed < 100u * 1024 * 1024) {
     rc = lcpp_frame_feed(&f, piece, plen, count_emit, &nev);
     fed += plen;
-    if (first == LCPP_FRAME_OK && rc != LCPP_FRAME_OK) { first = rc; at = fed; }
+    if (first == LCPP_FRAME_OK && rc != LCPP_FRAME_OK) {
+      first = rc;
+      at = fed;
+    }
     if (f.linecap > maxcap) maxcap = f.linecap;
     if (f.datacap > maxcap) maxcap = f.datacap;
   }
@@ -708,7 +711,7 @@ static void test_oversize (void) {
   /* exactly max_event bytes of data go through, whole and cut */
   memcpy(big + 6 + max, "\n\n", 2);
   for (i = 0; i < 3; i++) {
-    size_t cut = i == 0 ? n - 1 : i == 1 ? 3 : 6 + max / 2;  /* n-1: whole */
+    size_t cut = i == 0 ? n - 1 : i == 1 ? 3 : 6 + max / 2;  /* i 0: whole */
     nev = 0;
     lcpp_frame_init(&f, LCPP_SSE, max);
     rc = lcpp_frame_feed(&f, big, cut, count_emit, &nev);
