@@ -37,6 +37,7 @@ build = {
     ["llamacpp.errors"] = "lua/llamacpp/errors.lua",
     ["llamacpp.json"] = "lua/llamacpp/json.lua",
     ["llamacpp.providers.llamacpp"] = "lua/llamacpp/providers/llamacpp.lua",
+    ["llamacpp.uv"] = "lua/llamacpp/uv.lua",
   },
   platforms = {
     windows = { modules = { ["llamacpp.core"] = { libraries = { "libcurl" } } } },

@@ -33,7 +33,16 @@ static int core_now (lua_State *L) {
 }
 
 
+/* sleep(ms): without a busy loop, for retries and polling in Lua. */
+static int core_sleep (lua_State *L) {
+  lua_Number ms = luaL_checknumber(L, 1);
+  lcpp_sleep(ms > 0 ? (double)ms : 0);
+  return 0;
+}
+
+
 static const luaL_Reg core_funcs[] = {
+  {"sleep", core_sleep},
   {"session", lcpp_session_new},
   {"now", core_now},
   {NULL, NULL}

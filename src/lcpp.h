@@ -32,6 +32,7 @@ LCPP_HIDDEN const char *lcpp_curlkind (CURLcode code, int *retryable);
 /* transfer.c */
 LCPP_HIDDEN void lcpp_transfer_open (lua_State *L);
 LCPP_HIDDEN double lcpp_now (void);
+LCPP_HIDDEN void lcpp_sleep (double ms);
 LCPP_HIDDEN int lcpp_session_new (lua_State *L);
 
 /* core.c: shared by the two files above */

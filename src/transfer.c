@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -63,8 +64,11 @@ struct Session {
   CURLM *multi;            /* NULL: closed */
   Transfer *head;          /* transfers attached to multi */
   struct pollfd *fds;      /* sockets libcurl asked us to watch */
+  unsigned *serials;       /* per fds[i]: changes when the socket is new */
+  unsigned nextserial;
   int nfds, capfds;
   double timer_at;         /* libcurl's timer, monotonic ms; < 0: none */
+  int changed;             /* the socket set changed since sockets() */
 };
 
 struct Transfer {
@@ -98,6 +102,14 @@ double lcpp_now (void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+
+void lcpp_sleep (double ms) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)(ms / 1e3);
+  ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) ;
 }
 
 
@@ -217,30 +229,59 @@ static size_t lcpp_onheader (char *p, size_t size, size_t n, void *ud) {
 }
 
 
+static void lcpp_unwatch (Session *s, curl_socket_t fd) {
+  int i;
+  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
+  if (i < s->nfds) {
+    s->nfds--;
+    s->fds[i] = s->fds[s->nfds];
+    s->serials[i] = s->serials[s->nfds];
+    s->changed = 1;
+  }
+}
+
+
 static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
                           void *sp) {
   Session *s = (Session *)ud;
   int i;
   (void)e; (void)sp;
-  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
   if (what == CURL_POLL_REMOVE) {
-    if (i < s->nfds) s->fds[i] = s->fds[--s->nfds];
+    lcpp_unwatch(s, fd);
     return 0;
   }
+  s->changed = 1;
+  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
   if (i == s->nfds) {
     if (s->nfds == s->capfds) {
       int cap = s->capfds ? 2 * s->capfds : 8;
       struct pollfd *p = (struct pollfd *)realloc(s->fds, cap * sizeof *p);
+      unsigned *u;
       if (p == NULL) return -1;
       s->fds = p;
+      u = (unsigned *)realloc(s->serials, cap * sizeof *u);
+      if (u == NULL) return -1;
+      s->serials = u;
       s->capfds = cap;
     }
-    s->fds[s->nfds++].fd = fd;
+    s->fds[s->nfds].fd = fd;
+    /* a closed socket's number is soon reused: an event loop must know
+       the socket is a new one to watch it anew */
+    s->serials[s->nfds++] = ++s->nextserial;
   }
   s->fds[i].events = (short)(((what & CURL_POLL_IN) ? POLLIN : 0) |
                              ((what & CURL_POLL_OUT) ? POLLOUT : 0));
   s->fds[i].revents = 0;
   return 0;
+}
+
+
+/* libcurl does not always say CURL_POLL_REMOVE before it closes a socket
+   (a connect that fails at once): an fd must never stay watched once
+   closed, or an event loop polls a dead or, worse, a reused number. */
+static int lcpp_onclose (void *ud, curl_socket_t fd) {
+  lcpp_unwatch((Session *)ud, fd);
+  return close(fd);
 }
 
 
@@ -328,6 +369,20 @@ static void lcpp_expire (Session *s, double now) {
 }
 
 
+/* What is due once sockets were served: libcurl's timer, our timeouts,
+   and the transfers libcurl finished. */
+static void lcpp_timers (Session *s) {
+  double now = lcpp_now();
+  if (s->timer_at >= 0 && now >= s->timer_at) {
+    int running;
+    s->timer_at = -1;
+    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  }
+  lcpp_reap(s);
+  lcpp_expire(s, lcpp_now());
+}
+
+
 /*
 ** Waits at most wait_ms (< 0: until something happens) for a socket or a
 ** timer, and lets libcurl do what is ready. Returns 0, or -1 when poll()
@@ -364,14 +419,7 @@ static int lcpp_step (Session *s, double wait_ms) {
     }
     n -= nready;
   }
-  now = lcpp_now();
-  if (s->timer_at >= 0 && now >= s->timer_at) {
-    int running;
-    s->timer_at = -1;
-    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  }
-  lcpp_reap(s);
-  lcpp_expire(s, lcpp_now());
+  lcpp_timers(s);
   return 0;
 }
 
@@ -564,6 +612,27 @@ static void lcpp_pushlower (lua_State *L, const char *s, size_t n) {
 }
 
 
+/* transfer:take() -> like next(0), but only what is already queued:
+   it never drives the session (an event loop does that, see act()). */
+static int transfer_take (lua_State *L) {
+  Transfer *t = checkopen(L, 1);
+  if (t->qhead < t->q.len) return lcpp_pop(L, t);
+  if (t->ended) return 0;
+  if (t->done) return lcpp_end(L, t);
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+
+/* transfer:ready() -> true when take() would return something other
+   than false. */
+static int transfer_ready (lua_State *L) {
+  Transfer *t = checkopen(L, 1);
+  lua_pushboolean(L, t->qhead < t->q.len || t->done);
+  return 1;
+}
+
+
 /* transfer:response() -> {status=, headers={lowercase name=value}, body=,
    framed=}: what is known so far (complete once next() returned the end). */
 static int transfer_response (lua_State *L) {
@@ -652,7 +721,9 @@ static int session_close (lua_State *L) {
   curl_multi_cleanup(s->multi);
   s->multi = NULL;
   free(s->fds);
+  free(s->serials);
   s->fds = NULL;
+  s->serials = NULL;
   s->nfds = s->capfds = 0;
   return 0;
 }
@@ -779,6 +850,8 @@ static int session_open (lua_State *L) {
   SETOPT(CURLOPT_WRITEDATA, (void *)t);
   SETOPT(CURLOPT_HEADERFUNCTION, lcpp_onheader);
   SETOPT(CURLOPT_HEADERDATA, (void *)t);
+  SETOPT(CURLOPT_CLOSESOCKETFUNCTION, lcpp_onclose);
+  SETOPT(CURLOPT_CLOSESOCKETDATA, (void *)s);
   SETOPT(CURLOPT_TCP_NODELAY, 1L);
   SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -838,6 +911,60 @@ static int session_step (lua_State *L) {
 }
 
 
+/* session:sockets([all]) -> events, serials when the set of sockets
+   libcurl wants watched changed since the last call (or when `all`),
+   else nil. events: {[fd] = "r" | "w" | "rw"}; serials: {[fd] = n}, n
+   new whenever fd is a new socket. For event loops (llamacpp.uv). */
+static int session_sockets (lua_State *L) {
+  Session *s = checksession(L, 1);
+  int i;
+  if (!s->changed && !lua_toboolean(L, 2)) return 0;
+  s->changed = 0;
+  lua_createtable(L, 0, s->nfds);                    /* events */
+  lua_createtable(L, 0, s->nfds);                    /* events, serials */
+  for (i = 0; i < s->nfds; i++) {
+    short e = s->fds[i].events;
+    lua_pushstring(L, (e & POLLIN) && (e & POLLOUT) ? "rw"
+                      : (e & POLLOUT) ? "w" : "r");
+    lua_rawseti(L, -3, (int)s->fds[i].fd);
+    lua_pushinteger(L, (lua_Integer)s->serials[i]);
+    lua_rawseti(L, -2, (int)s->fds[i].fd);
+  }
+  return 2;
+}
+
+
+/* session:timeout() -> ms until something is due (libcurl's timer or a
+   first-byte/idle deadline), 0 if overdue, nil when nothing is. */
+static int session_timeout (lua_State *L) {
+  Session *s = checksession(L, 1);
+  double at = lcpp_earliest(s), now;
+  if (at < 0) return 0;
+  now = lcpp_now();
+  lua_pushnumber(L, at > now ? at - now : 0);
+  return 1;
+}
+
+
+/* session:act([fd, events]): the event loop says socket fd is ready
+   ("r", "w", "rw", or "e" for an error), or, without fd, that the time
+   from timeout() passed. Then runs whatever is due. */
+static int session_act (lua_State *L) {
+  Session *s = checksession(L, 1);
+  if (!lua_isnoneornil(L, 2)) {
+    curl_socket_t fd = (curl_socket_t)luaL_checkinteger(L, 2);
+    const char *ev = luaL_optstring(L, 3, "r");
+    int flags = 0, running;
+    if (strchr(ev, 'r')) flags |= CURL_CSELECT_IN;
+    if (strchr(ev, 'w')) flags |= CURL_CSELECT_OUT;
+    if (strchr(ev, 'e')) flags |= CURL_CSELECT_ERR;
+    curl_multi_socket_action(s->multi, fd, flags, &running);
+  }
+  lcpp_timers(s);
+  return 0;
+}
+
+
 static int session_tostring (lua_State *L) {
   Session *s = (Session *)luaL_checkudata(L, 1, LCPP_SESSION_MT);
   lua_pushfstring(L, "llamacpp.Session (%s)", s->multi ? "open" : "closed");
@@ -849,6 +976,8 @@ static int session_tostring (lua_State *L) {
 
 static const luaL_Reg transfer_methods[] = {
   {"next", transfer_next},
+  {"take", transfer_take},
+  {"ready", transfer_ready},
   {"response", transfer_response},
   {"close", transfer_close},
   {NULL, NULL}
@@ -866,6 +995,9 @@ static const luaL_Reg transfer_metas[] = {
 static const luaL_Reg session_methods[] = {
   {"open", session_open},
   {"step", session_step},
+  {"sockets", session_sockets},
+  {"timeout", session_timeout},
+  {"act", session_act},
   {"close", session_close},
   {NULL, NULL}
 };

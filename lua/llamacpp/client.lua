@@ -5,7 +5,7 @@ local errors = require "llamacpp.errors"
 
 local M = {}
 
-local type, pairs, setmetatable, tostring = type, pairs, setmetatable, tostring
+local type, pairs, next, setmetatable, tostring = type, pairs, next, setmetatable, tostring
 
 -- A provider is a module llamacpp.providers.<name>; see
 -- providers/llamacpp.lua for the fields and functions it has.
@@ -113,6 +113,7 @@ function M.new(opts)
     model = opts.model,
     header_lines = {},
     session = core.session(),
+    streams = setmetatable({}, { __mode = "k" }),   -- open streams, for poll()
   }, Client)
   local names = {}
   for name, value in pairs(opts.headers or {}) do
@@ -192,13 +193,17 @@ function Client:_error(e, key, partial, nevents)
   return errors.scrub(e, key)
 end
 
--- Runs a request to its end: decoded JSON (or the raw body when
--- opts.raw), the response table; or nil, Error.
-function Client:_request(method, path, body_table, raw)
+-- Starts a request whose answer is read whole: the transfer and the key
+-- it used, for _complete once the transfer has ended.
+function Client:_begin(method, path, body_table)
   local body = body_table ~= nil and json.encode(body_table) or nil
-  local t, key = self:_open(method, path, body, nil)
-  local _, err
-  repeat _, err = t:next() until _ == nil
+  return self:_open(method, path, body, nil)
+end
+
+-- The end of a _begin transfer: decoded JSON (or the raw body when
+-- `raw`) and the response table; or nil, Error. `err` is what the
+-- transfer ended with, if anything.
+function Client:_complete(t, key, err, raw)
   if err then
     t:close()
     return nil, self:_error(err, key)
@@ -215,6 +220,14 @@ function Client:_request(method, path, body_table, raw)
                                        { status = r.status, body = r.body:sub(1, 4096) }), key)
   end
   return obj, r
+end
+
+-- Runs a request to its end (blocking): see _complete.
+function Client:_request(method, path, body_table, raw)
+  local t, key = self:_begin(method, path, body_table)
+  local more, err
+  repeat more, err = t:next() until more == nil
+  return self:_complete(t, key, err, raw)
 end
 
 --- One chat completion: res, or nil, Error.
@@ -295,21 +308,39 @@ end
 --- The next event; nil after the last one (done or error); false when
 -- timeout_ms (0: do not block) passed with nothing ready.
 function Stream:next(timeout_ms)
+  return self:_next(timeout_ms, false)
+end
+
+--- True when next(0) would return an event (or the end) at once.
+function Stream:ready()
+  if self.qh <= self.qt then return true end
+  if self.ended then return false end
+  return self.t:ready()
+end
+
+-- take: only what the C queue holds; never drive the session (an event
+-- loop drives it: llamacpp.uv).
+function Stream:_next(timeout_ms, take)
   if self.qh <= self.qt then return self:_pop() end
-  if self.closed then error("stream is closed", 2) end
+  if self.closed then error("stream is closed", 3) end
   if self.ended then return nil end
   local deadline = timeout_ms and timeout_ms > 0 and core.now() + timeout_ms
   local t, dec, push = self.t, self.dec, self.push
   while true do
-    local wait = timeout_ms
-    if deadline then
-      wait = deadline - core.now()
-      if wait < 0 then wait = 0 end
+    local data, name
+    if take then
+      data, name = t:take()
+    else
+      local wait = timeout_ms
+      if deadline then
+        wait = deadline - core.now()
+        if wait < 0 then wait = 0 end
+      end
+      -- after the terminator only the transfer's end is due: a server
+      -- that sends neither it nor more gets a second, not the idle timeout
+      if dec.finished and (wait == nil or wait > GRACE_MS) then wait = GRACE_MS end
+      data, name = t:next(wait)
     end
-    -- after the terminator only the transfer's end is due: a server
-    -- that sends neither it nor more gets a second, not the idle timeout
-    if dec.finished and (wait == nil or wait > GRACE_MS) then wait = GRACE_MS end
-    local data, name = t:next(wait)
     if data then
       if not dec.finished then           -- nothing counts after [DONE]
         local e = dec:feed(data, name, push)
@@ -322,7 +353,7 @@ function Stream:next(timeout_ms)
         self:_finish(dec:done())
         return self:_pop()
       end
-      if timeout_ms ~= nil and (not deadline or core.now() >= deadline) then
+      if take or (timeout_ms ~= nil and (not deadline or core.now() >= deadline)) then
         return false
       end
     elseif name then                     -- transport error or timeout
@@ -352,11 +383,36 @@ function Client:open_stream(req)
   local p = self.provider
   local body = json.encode(p.chat_body(req, true, self.model))
   local t, key = self:_open("POST", p.chat_path, body, p.framing)
-  local s = setmetatable({ client = self, t = t, key = key, dec = p.decoder(),
+  return self:_stream(t, key, p.decoder())
+end
+
+-- A Stream over transfer t, read with decoder dec.
+function Client:_stream(t, key, dec)
+  local s = setmetatable({ client = self, t = t, key = key, dec = dec,
                            q = {}, qh = 1, qt = 0, nevents = 0,
                            ended = false, closed = false }, Stream)
   s.push = function(ev) s:_push(ev) end
+  self.streams[s] = true
   return s
+end
+
+--- Drives every transfer of this client, waiting at most timeout_ms
+-- (default 0; nil... negative: no limit) until some stream has an event
+-- ready. Returns the array of those streams (possibly empty).
+function Client:poll(timeout_ms)
+  timeout_ms = timeout_ms or 0
+  local deadline = timeout_ms >= 0 and core.now() + timeout_ms
+  local ready = {}
+  while true do
+    for s in pairs(self.streams) do
+      if s:ready() then ready[#ready + 1] = s
+      elseif s.ended then self.streams[s] = nil end
+    end
+    if #ready > 0 then return ready end
+    local wait = deadline and deadline - core.now() or -1
+    if deadline and wait <= 0 then return ready end
+    if self.session:step(wait) == 0 and next(self.streams) == nil then return ready end
+  end
 end
 
 --- Streams a chat: for ev in client:chat_stream(req) do ... end.

@@ -1,0 +1,246 @@
+--- llamacpp.uv: drive a client from a libuv loop (Neovim's vim.uv, the
+-- older vim.loop, or standalone luv), never blocking it.
+--
+--   local luv = require "llamacpp.uv"
+--   local h = luv.chat_stream(client, { messages = msgs }, function(ev) ... end)
+--   h:cancel()
+--
+-- The loop watches the sockets libcurl asks for (uv poll handles) and one
+-- timer set to the moment libcurl or a timeout next needs attention: no
+-- fixed polling tick, and nothing at all while no transfer runs.
+-- Callbacks run on the loop's thread. One that raises is reported (to
+-- opts.on_error, else stderr / vim.notify) and its request is cancelled;
+-- the loop and the other requests go on.
+local M = {}
+
+local function default_uv()
+  local vim = rawget(_G, "vim")
+  if type(vim) == "table" then
+    local uv = vim.uv or vim.loop
+    if uv then return uv end
+  end
+  local ok, luv = pcall(require, "luv")
+  if ok then return luv end
+  error("llamacpp.uv needs vim.uv, vim.loop or the luv module", 3)
+end
+
+local function report(d, msg)
+  if d.on_error then
+    local ok = pcall(d.on_error, msg)
+    if ok then return end
+  end
+  local vim = rawget(_G, "vim")
+  if type(vim) == "table" and vim.schedule and vim.notify then
+    vim.schedule(function() vim.notify("llamacpp: " .. msg, vim.log.levels.ERROR) end)
+  else
+    io.stderr:write("llamacpp.uv: ", msg, "\n")
+  end
+end
+
+local traceback = debug.traceback
+
+-- One driver per (client, loop): the client's libcurl multi handle is
+-- served by this loop.
+local drivers = setmetatable({}, { __mode = "k" })
+
+local Driver = {}
+Driver.__index = Driver
+
+local function driver(client, uv, opts)
+  local by_loop = drivers[client]
+  if not by_loop then
+    by_loop = {}
+    drivers[client] = by_loop
+  end
+  local d = by_loop[uv]
+  if d then return d end
+  d = setmetatable({ client = client, session = client.session, uv = uv,
+                     polls = {}, serials = {}, active = {}, nactive = 0,
+                     timer = nil, idle = true,
+                     on_error = opts and opts.on_error }, Driver)
+  by_loop[uv] = d
+  return d
+end
+
+-- Watch what libcurl wants watched; arm the timer for what is due next.
+-- With no request in flight nothing is watched (idle keep-alive sockets
+-- included), so a standalone loop can end and an editor's costs nothing.
+function Driver:sync()
+  local uv = self.uv
+  if self.nactive == 0 then
+    if not self.idle then
+      for _, p in pairs(self.polls) do p:stop() end
+      if self.timer then self.timer:stop() end
+      self.idle = true
+    end
+    return
+  end
+  local socks, serials = self.session:sockets(self.idle)
+  self.idle = false
+  if socks then
+    for fd, p in pairs(self.polls) do
+      if socks[fd] == nil or serials[fd] ~= self.serials[fd] then
+        p:stop()
+        p:close()
+        self.polls[fd], self.serials[fd] = nil, nil
+      end
+    end
+    for fd, ev in pairs(socks) do
+      local p = self.polls[fd]
+      if not p then
+        p = (uv.new_socket_poll or uv.new_poll)(fd)
+        self.polls[fd], self.serials[fd] = p, serials[fd]
+      end
+      p:start(ev, function(err, events)
+        self:act(fd, err and "e" or events)
+      end)
+    end
+  end
+  local ms = self.session:timeout()
+  if not self.timer then self.timer = uv.new_timer() end
+  self.timer:stop()
+  if ms then
+    self.timer:start(math.ceil(ms), 0, function() self:act(nil) end)
+  end
+end
+
+-- A socket is ready (fd) or the timer fired (nil): let libcurl work, hand
+-- out the events, and watch again.
+function Driver:act(fd, events)
+  self.session:act(fd, events)
+  self:dispatch()
+  self:sync()
+end
+
+function Driver:dispatch()
+  local list = {}
+  for h in pairs(self.active) do list[#list + 1] = h end
+  for i = 1, #list do
+    local h = list[i]
+    if self.active[h] then h:pump() end
+  end
+end
+
+function Driver:add(h)
+  self.active[h] = true
+  self.nactive = self.nactive + 1
+end
+
+function Driver:remove(h)
+  if self.active[h] then
+    self.active[h] = nil
+    self.nactive = self.nactive - 1
+  end
+end
+
+
+--- A request in flight on a loop.
+local Handle = {}
+Handle.__index = Handle
+Handle.__name = "llamacpp.uv.Handle"
+
+-- Calls the user's callback; an error in it is reported and ends this
+-- request, never the loop.
+function Handle:call(f, ...)
+  local ok, err = xpcall(f, traceback, ...)
+  if not ok then
+    report(self.driver, "callback failed: " .. tostring(err))
+    self:cancel()
+  end
+  return ok
+end
+
+function Handle:finish()
+  self.finished = true
+  self.driver:remove(self)
+end
+
+-- Stream: hand out every event that is ready.
+local function pump_stream(h)
+  while not h.finished do
+    local ev = h.stream:_next(0, true)
+    if not ev then
+      if ev == nil then h:finish() end
+      return
+    end
+    local last = ev.type == "done" or ev.type == "error"
+    if last then h:finish() end
+    if not h:call(h.on_event, ev) then return end
+  end
+end
+
+-- Whole answer: when the transfer has ended, decode and call back once.
+local function pump_whole(h)
+  local t = h.t
+  local more, err = t:take()
+  if more == false then return end
+  while more do more, err = t:take() end     -- a whole answer has no events
+  h:finish()
+  local res, e = h.complete(t, h.key, err)
+  h:call(h.on_done, res, e)
+end
+
+--- Cancels the request: the transfer is aborted (the server sees the
+-- disconnect) and no callback is called any more. Idempotent.
+function Handle:cancel()
+  if self.cancelled then return end
+  self.cancelled = true
+  local was_active = not self.finished
+  self:finish()
+  if self.stream then self.stream:close() end
+  if self.t then self.t:close() end
+  if was_active then self.driver:sync() end
+end
+
+local function start(client, opts, h)
+  local uv = (opts and opts.uv) or default_uv()
+  h.driver = driver(client, uv, opts)
+  setmetatable(h, Handle)
+  h.driver:add(h)
+  -- libcurl wants its timer at once to start the transfer: callbacks
+  -- come from the loop, never from inside this call
+  h.driver:sync()
+  return h
+end
+
+local function callable(f)
+  if type(f) == "function" then return true end
+  local mt = getmetatable(f)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+--- Streams a chat on the loop: on_event(ev) for every event (the last is
+-- done or error). Returns a handle with :cancel().
+-- opts: uv (a luv-compatible module; default vim.uv / vim.loop / luv),
+-- on_error(msg) for errors raised by on_event.
+function M.chat_stream(client, req, on_event, opts)
+  if not callable(on_event) then
+    error("bad argument #3 to 'chat_stream' (function expected)", 2)
+  end
+  local stream = client:open_stream(req)
+  return start(client, opts, { stream = stream, on_event = on_event, pump = pump_stream })
+end
+
+--- A chat on the loop: on_done(res) or on_done(nil, err) once.
+function M.chat(client, req, on_done, opts)
+  if not callable(on_done) then
+    error("bad argument #3 to 'chat' (function expected)", 2)
+  end
+  if type(req) ~= "table" then
+    error("bad argument #2 to 'chat' (table expected, got " .. type(req) .. ")", 2)
+  end
+  local p = client.provider
+  local t, key = client:_begin("POST", p.chat_path, p.chat_body(req, false, client.model))
+  local function complete(tt, k, err)
+    local obj, e = client:_complete(tt, k, err)
+    if not obj then return nil, e end
+    local res, perr = p.parse_chat(obj)
+    if not res then return nil, client:_error(perr, k) end
+    res.provider = p.name
+    return res
+  end
+  return start(client, opts, { t = t, key = key, on_done = on_done,
+                               complete = complete, pump = pump_whole })
+end
+
+return M
