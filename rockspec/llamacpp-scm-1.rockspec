@@ -38,6 +38,7 @@ build = {
     ["llamacpp.json"] = "lua/llamacpp/json.lua",
     ["llamacpp.providers.llamacpp"] = "lua/llamacpp/providers/llamacpp.lua",
     ["llamacpp.uv"] = "lua/llamacpp/uv.lua",
+    ["llamacpp.native"] = "lua/llamacpp/native.lua",
   },
   platforms = {
     windows = { modules = { ["llamacpp.core"] = { libraries = { "libcurl" } } } },

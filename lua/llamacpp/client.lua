@@ -2,6 +2,7 @@
 local core = require "llamacpp.core"
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
+local native = require "llamacpp.native"
 
 local M = {}
 
@@ -414,6 +415,170 @@ function Client:poll(timeout_ms)
     if self.session:step(wait) == 0 and next(self.streams) == nil then return ready end
   end
 end
+
+-- {= llama-server's other endpoints ==================================
+
+local function argcheck(cond, n, fname, msg)
+  if not cond then error("bad argument #" .. n .. " to '" .. fname .. "' (" .. msg .. ")", 3) end
+end
+
+local function copy(t, into)
+  into = into or {}
+  for k, v in pairs(t or {}) do into[k] = v end
+  return into
+end
+
+--- GET /health: {status = "ok"}, or nil, Error (503 "Loading model" is an
+-- http error with retryable = true).
+function Client:health()
+  return self:_request("GET", "/health")
+end
+
+--- Polls /health until the server is ready (through the 503 "Loading
+-- model" phase and a server still starting). opts.timeout (seconds,
+-- default 60), opts.interval (seconds, default 0.25). true, or nil and
+-- the last Error.
+function Client:wait_ready(opts)
+  opts = opts or {}
+  argcheck(type(opts) == "table", 1, "wait_ready", "table expected")
+  local timeout, interval = opts.timeout or 60, opts.interval or 0.25
+  local deadline = core.now() + timeout * 1000
+  while true do
+    local ok, err = self:health()
+    if ok then return true end
+    if not err.retryable or core.now() + interval * 1000 > deadline then
+      return nil, err
+    end
+    core.sleep(interval * 1000)
+  end
+end
+
+--- GET /v1/models: the decoded answer (`data` and `models` lists).
+function Client:models() return self:_request("GET", "/v1/models") end
+
+--- GET /props: server and model properties (chat template, n_ctx, ...).
+function Client:props() return self:_request("GET", "/props") end
+
+--- GET /slots (needs --slots on the server, the default): array of slots.
+function Client:slots() return self:_request("GET", "/slots") end
+
+--- GET /metrics (needs --metrics): Prometheus text.
+function Client:metrics() return self:_request("GET", "/metrics", nil, true) end
+
+--- POST /tokenize: the tokens of `text` (ids, or {id, piece} with
+-- opts.with_pieces; a piece that is not valid UTF-8 comes as a byte array).
+function Client:tokenize(text, opts)
+  argcheck(type(text) == "string", 1, "tokenize", "string expected, got " .. type(text))
+  local body = copy(opts, { content = text })
+  local obj, err = self:_request("POST", "/tokenize", body)
+  if not obj then return nil, err end
+  return obj.tokens
+end
+
+--- POST /detokenize: the text of an array of token ids.
+function Client:detokenize(tokens)
+  argcheck(type(tokens) == "table", 1, "detokenize", "table expected, got " .. type(tokens))
+  local obj, err = self:_request("POST", "/detokenize", { tokens = json.array(copy(tokens)) })
+  if not obj then return nil, err end
+  return obj.content
+end
+
+--- POST /apply-template: the prompt the chat template makes of a chat
+-- request (system first, as in chat).
+function Client:apply_template(req)
+  argcheck(type(req) == "table", 1, "apply_template", "table expected, got " .. type(req))
+  local body = self.provider.chat_body(req, false, self.model)
+  body.max_tokens, body.stream, body.model = nil, nil, nil
+  local obj, err = self:_request("POST", "/apply-template", body)
+  if not obj then return nil, err end
+  return obj.prompt
+end
+
+--- POST /v1/embeddings (server started with --embeddings): one input or
+-- an array of them. {embeddings = {vector, ...} in input order, usage,
+-- model, raw}.
+function Client:embeddings(input, opts)
+  argcheck(type(input) == "string" or type(input) == "table", 1, "embeddings",
+           "string or table expected, got " .. type(input))
+  local body = copy(opts, { input = input })
+  if body.model == nil then body.model = self.model end
+  local obj, err = self:_request("POST", "/v1/embeddings", body)
+  if not obj then return nil, err end
+  local out = {}
+  for i, d in ipairs(type(obj.data) == "table" and obj.data or {}) do
+    out[(tonumber(d.index) or (i - 1)) + 1] = d.embedding
+  end
+  local u = type(obj.usage) == "table" and obj.usage or {}
+  return { embeddings = out, model = obj.model, raw = obj,
+           usage = { input_tokens = u.prompt_tokens and math.floor(u.prompt_tokens) } }
+end
+
+--- POST /v1/rerank (server started with --reranking): documents scored
+-- against query, best first: {{index =, relevance_score =}, ...}.
+function Client:rerank(query, documents, opts)
+  argcheck(type(query) == "string", 1, "rerank", "string expected, got " .. type(query))
+  argcheck(type(documents) == "table", 2, "rerank", "table expected, got " .. type(documents))
+  local body = copy(opts, { query = query, documents = json.array(copy(documents)) })
+  if body.model == nil then body.model = self.model end
+  local obj, err = self:_request("POST", "/v1/rerank", body)
+  if not obj then return nil, err end
+  local results = type(obj.results) == "table" and obj.results or {}
+  for _, r in ipairs(results) do
+    if type(r.index) == "number" then r.index = math.floor(r.index) end
+  end
+  table.sort(results, function(a, b) return (a.relevance_score or 0) > (b.relevance_score or 0) end)
+  return results
+end
+
+local function native_body(fname, req, stream, need)
+  argcheck(type(req) == "table", 1, fname, "table expected, got " .. type(req))
+  if need then
+    argcheck(req[need] ~= nil, 1, fname, "'" .. need .. "' is required")
+  end
+  local body = copy(req)
+  body.stream = stream
+  return body
+end
+
+function Client:_native(path, body)
+  local obj, err = self:_request("POST", path, body)
+  if not obj then return nil, err end
+  local res, perr = native.result(obj)
+  if not res then return nil, self:_error(perr) end
+  return res
+end
+
+function Client:_native_stream(path, body)
+  local t, key = self:_open("POST", path, json.encode(body), "sse")
+  local s = self:_stream(t, key, native.decoder())
+  return function() return s:next() end, s, nil, s
+end
+
+--- POST /completion (native): a prompt (string, tokens, or mixed) and
+-- llama-server's sampling fields. {content, stop_reason, usage, timings,
+-- probs (n_probs), raw}.
+function Client:completion(req)
+  return self:_native("/completion", native_body("completion", req, false, "prompt"))
+end
+
+--- The same, streamed: the iterator of chat_stream (content events with
+-- `probs` when n_probs is set; done; error).
+function Client:completion_stream(req)
+  return self:_native_stream("/completion", native_body("completion_stream", req, true, "prompt"))
+end
+
+--- POST /infill: fill-in-the-middle for editors (input_prefix,
+-- input_suffix, input_extra = {{filename =, text =}, ...}, prompt).
+function Client:infill(req)
+  return self:_native("/infill", native_body("infill", req, false, "input_prefix"))
+end
+
+--- The same, streamed.
+function Client:infill_stream(req)
+  return self:_native_stream("/infill", native_body("infill_stream", req, true, "input_prefix"))
+end
+
+-- }=====================================================================
 
 --- Streams a chat: for ev in client:chat_stream(req) do ... end.
 -- Returns step, stream, nil, stream: Lua 5.4 closes the stream however

@@ -24,9 +24,12 @@ function M.is(v, kind)
 end
 
 --- Whether an HTTP status is worth another try (DESIGN.md section 3).
+-- 501 (not supported: llama-server without --embeddings) and 505 are
+-- answers that another try will not change.
 function M.retryable_status(status)
   return status == 408 or status == 409 or status == 429 or
-         (status ~= nil and status >= 500 and status <= 599)
+         (status ~= nil and status >= 500 and status <= 599 and
+          status ~= 501 and status ~= 505)
 end
 
 -- Retry-After: delay-seconds, or an HTTP-date (RFC 9110 IMF-fixdate).

@@ -17,4 +17,22 @@ local M = {
 --- Creates a client: see DESIGN.md section 2 for the options.
 M.new = client.new
 
+--- The arguments of a tool call (from res.tool_calls or a done event) as
+-- a table, or nil and a protocol Error when the model wrote invalid JSON.
+function M.tool_arguments(call)
+  if type(call) ~= "table" then
+    error("bad argument #1 to 'tool_arguments' (table expected, got " .. type(call) .. ")", 2)
+  end
+  local text = call.arguments
+  if type(text) == "table" then return text end       -- already decoded (Ollama)
+  if text == nil or text:match("^%s*$") then return {} end
+  local v, msg = M.json.decode(text)
+  if type(v) ~= "table" then
+    return nil, errors.new("protocol", "tool call '" .. tostring(call.name) ..
+      "' has invalid JSON arguments: " .. tostring(msg or "not an object"),
+      { code = "BAD_TOOL_ARGUMENTS", body = text:sub(1, 4096) })
+  end
+  return v
+end
+
 return M
