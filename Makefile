@@ -25,7 +25,7 @@ OUT = build/$(LUAV)/llamacpp/core.so
 
 DEBS = make gcc libc6-dev pkg-config curl libcurl4-openssl-dev \
   lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
-  lua-cjson lua-socket lua-busted luarocks lua-luv neovim
+  lua-cjson lua-socket lua-busted luarocks lua-luv lua-check neovim
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: $(OUT)
@@ -54,10 +54,13 @@ check-c: build/sse_test
 test:
 	sh spec/run.sh
 
+lint:
+	luacheck lua spec examples
+
 clean:
 	rm -rf build
 
-.PHONY: all deps chat demo check-c test clean
+.PHONY: all deps chat demo check-c test lint clean
 
 # mk/*.mk: further targets (bench, sanitizers, fuzzing), one file per area
 -include mk/*.mk

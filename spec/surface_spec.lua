@@ -264,7 +264,8 @@ describe("llamacpp.client surface", function()
       srv:write("infill_stream", fixture.http_response(200, { { "Content-Type", "text/event-stream" } }, nil,
         { chunks = { fixture.sse_body{ '{"index":0,"content":"return","stop":false}',
                                        '{"index":0,"content":" a + b","stop":false}',
-                                       '{"index":0,"content":"","stop":true,"stop_type":"eos","tokens_predicted":2,"tokens_evaluated":9}' } } }))
+                                       '{"index":0,"content":"","stop":true,"stop_type":"eos",' ..
+                                       '"tokens_predicted":2,"tokens_evaluated":9}' } } }))
       local evs = util.collect(client("infill_stream"):infill_stream{ input_prefix = "def add(a, b):\n    ",
                                                                       input_suffix = "\n" })
       assert.equal(3, #evs)
