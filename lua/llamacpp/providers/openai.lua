@@ -1,0 +1,277 @@
+--- The OpenAI provider: any server speaking OpenAI's Chat Completions
+-- (`POST <endpoint>/chat/completions`, the endpoint being the base URL as
+-- OpenAI's SDKs take it, ending in `/v1`): OpenAI itself, vLLM, OpenRouter,
+-- LM Studio, llama-server... Pure translation, no I/O; the provider
+-- interface is described in providers/llamacpp.lua, which is this same
+-- translation with llama-server's defaults (see M.variant).
+local json = require "llamacpp.json"
+local errors = require "llamacpp.errors"
+
+local M = {}
+
+local type, pairs, concat, floor = type, pairs, table.concat, math.floor
+
+local function str(v) if type(v) == "string" then return v end end
+
+-- lua-cjson decodes every number as a float: counts read better as integers
+local function int(v) if type(v) == "number" and v == floor(v) then return floor(v) end return v end
+
+local function ints(t)
+  if type(t) ~= "table" then return nil end
+  for k, v in pairs(t) do t[k] = int(v) end
+  return t
+end
+
+M.str, M.int, M.ints = str, int, ints
+
+-- Request fields that are ours, not the server's.
+local LOCAL_FIELDS = { system = true, messages = true, tier = true }
+M.LOCAL_FIELDS = LOCAL_FIELDS
+
+--- Checks the fields every provider reads; raises a positioned error
+-- `level` frames up (default 4: the caller of client:chat, which calls
+-- chat_body, which calls this).
+function M.check_request(req, level)
+  level = level or 4
+  local msgs = req.messages
+  if msgs == nil and req.system == nil then
+    error("bad request: 'messages' is required", level)
+  end
+  if msgs ~= nil and type(msgs) ~= "table" then
+    error("bad request: 'messages' must be a table (got " .. type(msgs) .. ")", level)
+  end
+  if req.system ~= nil and type(req.system) ~= "string" then
+    error("bad request: 'system' must be a string (got " .. type(req.system) .. ")", level)
+  end
+end
+
+local function usage_of(u)
+  if type(u) ~= "table" then return nil end
+  local d = u.prompt_tokens_details
+  local c = u.completion_tokens_details
+  return {
+    input_tokens = int(u.prompt_tokens),
+    output_tokens = int(u.completion_tokens),
+    total_tokens = int(u.total_tokens),
+    cached_tokens = type(d) == "table" and int(d.cached_tokens) or nil,
+    reasoning_tokens = type(c) == "table" and int(c.reasoning_tokens) or nil,
+  }
+end
+
+local function tool_calls_of(list)
+  if type(list) ~= "table" or #list == 0 then return nil end
+  local out = {}
+  for i = 1, #list do
+    local tc = list[i]
+    local fn = type(tc) == "table" and tc["function"] or nil
+    if type(fn) == "table" then
+      out[#out + 1] = { id = str(tc.id), type = str(tc.type) or "function",
+                        name = str(fn.name), arguments = str(fn.arguments) or "" }
+    end
+  end
+  return out
+end
+
+
+--- A provider for one flavour of Chat Completions server. `spec` has
+-- name, label, default_endpoint, chat_path and default_max_tokens (nil:
+-- send max_tokens only when the caller sets it).
+function M.variant(spec)
+  local P = {
+    name = spec.name,
+    label = spec.label,
+    chat_path = spec.chat_path,
+    framing = "sse",
+    default_endpoint = spec.default_endpoint,
+  }
+  local label = spec.label
+
+  function P.headers(key)
+    if key then return { "Authorization: Bearer " .. key } end
+    return {}
+  end
+
+  --- The JSON body (a table) of a chat request. Every field the caller set
+  -- passes through, except `system` (the first message) and `tier`.
+  function P.chat_body(req, stream, model)
+    M.check_request(req)
+    local msgs = req.messages
+    local body = {}
+    for k, v in pairs(req) do
+      if not LOCAL_FIELDS[k] then body[k] = v end
+    end
+    local out = json.array()
+    if req.system then out[1] = { role = "system", content = req.system } end
+    if msgs then
+      for i = 1, #msgs do out[#out + 1] = msgs[i] end
+    end
+    body.messages = out
+    if body.max_tokens == nil and body.max_completion_tokens == nil then
+      body.max_tokens = spec.default_max_tokens
+    end
+    if body.model == nil then body.model = model end
+    body.stream = stream and true or false
+    if stream then
+      local so = {}
+      if type(req.stream_options) == "table" then
+        for k, v in pairs(req.stream_options) do so[k] = v end
+      end
+      so.include_usage = true
+      body.stream_options = so
+    else
+      body.stream_options = nil
+    end
+    return body
+  end
+
+  --- A non-streamed answer (decoded JSON) as a result table, or nil, Error.
+  function P.parse_chat(obj)
+    local choice = type(obj.choices) == "table" and obj.choices[1]
+    local msg = type(choice) == "table" and choice.message
+    if type(msg) ~= "table" then
+      return nil, errors.new("protocol", label .. " answer has no choices[1].message",
+                             { body = json.encode(obj):sub(1, 4096) })
+    end
+    local lp = type(choice.logprobs) == "table" and choice.logprobs.content
+    return {
+      content = str(msg.content) or "",
+      reasoning = str(msg.reasoning_content) or str(msg.reasoning),
+      tool_calls = tool_calls_of(msg.tool_calls),
+      refusal = str(msg.refusal),
+      stop_reason = str(choice.finish_reason),
+      usage = usage_of(obj.usage),
+      timings = ints(obj.timings),
+      logprobs = type(lp) == "table" and lp or nil,
+      model = str(obj.model),
+      id = str(obj.id),
+      raw = obj,
+    }
+  end
+
+
+  --- Stream decoder: one per stream. feed() turns one SSE event into
+  -- normalised events via push(ev); it returns an Error to end the stream
+  -- with, or nil. `finished` is set by the `[DONE]` terminator.
+  local Decoder = {}
+  Decoder.__index = Decoder
+
+  function P.decoder()
+    return setmetatable({ content = {}, reasoning = {}, tools = {},
+                          finished = false }, Decoder)
+  end
+
+  function Decoder:feed(data, _, push)
+    if data == "[DONE]" then
+      self.finished = true
+      return nil
+    end
+    local obj, msg = json.decode(data)
+    if type(obj) ~= "table" then
+      return errors.new("protocol", "malformed JSON in stream event: " .. tostring(msg),
+                        { body = data:sub(1, 4096), code = "BAD_JSON" })
+    end
+    if obj.error ~= nil then
+      local eo = obj.error
+      local status = type(eo) == "table" and int(tonumber(eo.code)) or 500
+      local e = errors.http(status, data, nil, label)
+      e.in_stream = true
+      return e
+    end
+    if self.model == nil then self.model, self.id = str(obj.model), str(obj.id) end
+    local choice = type(obj.choices) == "table" and obj.choices[1]
+    if type(choice) == "table" then
+      local d = choice.delta
+      if type(d) == "table" then
+        local r = str(d.reasoning_content) or str(d.reasoning)
+        if r and r ~= "" then
+          self.reasoning[#self.reasoning + 1] = r
+          push({ type = "reasoning", content = r })
+        end
+        local c = d.content
+        if type(c) == "string" and c ~= "" then
+          self.content[#self.content + 1] = c
+          local ev = { type = "content", content = c }
+          local lp = choice.logprobs
+          if type(lp) == "table" and type(lp.content) == "table" then ev.logprobs = lp.content end
+          push(ev)
+        end
+        local rf = str(d.refusal)
+        if rf and rf ~= "" then self.refusal = (self.refusal or "") .. rf end
+        local tcs = d.tool_calls
+        if type(tcs) == "table" then
+          for i = 1, #tcs do
+            local tc = tcs[i]
+            if type(tc) == "table" then
+              local index = int(tonumber(tc.index)) or (i - 1)
+              local slot = self.tools[index + 1]
+              if not slot then
+                slot = { args = {} }
+                self.tools[index + 1] = slot
+              end
+              local fn = type(tc["function"]) == "table" and tc["function"] or {}
+              slot.id = str(tc.id) or slot.id
+              slot.name = str(fn.name) or slot.name
+              local frag = str(fn.arguments) or ""
+              slot.args[#slot.args + 1] = frag
+              push({ type = "tool_call", index = index, id = slot.id,
+                     name = slot.name, arguments = frag })
+            end
+          end
+        end
+      end
+      local fr = str(choice.finish_reason)
+      if fr then self.stop_reason = fr end
+    end
+    if obj.usage ~= nil then self.usage = usage_of(obj.usage) end
+    if type(obj.timings) == "table" then self.timings = obj.timings end  -- ints() at done
+    return nil
+  end
+
+  --- The text received so far (for `partial` on errors).
+  function Decoder:partial()
+    return concat(self.content)
+  end
+
+  --- The `done` event.
+  function Decoder:done()
+    local calls
+    for i = 1, #self.tools do
+      local s = self.tools[i]
+      if s then
+        calls = calls or {}
+        calls[#calls + 1] = { id = s.id, type = "function", name = s.name,
+                              arguments = concat(s.args) }
+      end
+    end
+    return {
+      type = "done",
+      content = concat(self.content),
+      reasoning = #self.reasoning > 0 and concat(self.reasoning) or nil,
+      tool_calls = calls,
+      refusal = self.refusal,
+      stop_reason = self.stop_reason,
+      usage = self.usage,
+      timings = ints(self.timings),
+      model = self.model,
+      id = self.id,
+    }
+  end
+
+  return P
+end
+
+
+-- This module is itself the "openai" provider. OpenAI deprecates
+-- `max_tokens` (its reasoning models refuse it) and has its own limits, so
+-- nothing is added when the caller sets neither it nor
+-- `max_completion_tokens`.
+local P = M.variant{
+  name = "openai",
+  label = "OpenAI-compatible server",
+  default_endpoint = "https://api.openai.com/v1",
+  chat_path = "/chat/completions",
+  default_max_tokens = nil,
+}
+for k, v in pairs(P) do M[k] = v end
+
+return M
