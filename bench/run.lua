@@ -1,0 +1,340 @@
+--- make bench: every case against every alternative, in one run, one table.
+--   lua5.4 bench/run.lua [--smoke] [--reps N] [--out FILE]
+-- Run from the top of the tree after the builds (mk/bench.mk does both).
+-- Exits 1 if any client lost a byte or failed a request; never because a
+-- speed target was missed (the table says which were).
+local smoke, reps, outfile = false, 3, "build/bench/results.md"
+do
+  local i = 1
+  while arg[i] do
+    if arg[i] == "--smoke" then smoke, reps = true, 1
+    elseif arg[i] == "--reps" then i = i + 1; reps = tonumber(arg[i])
+    elseif arg[i] == "--out" then i = i + 1; outfile = arg[i]
+    else error("usage: run.lua [--smoke] [--reps N] [--out FILE]") end
+    i = i + 1
+  end
+end
+
+-- sizes: the issue's, or a few seconds' worth for the smoke run
+local S = smoke and {
+  paced = 200, bulk = 5000, framing = 5000, seq = 50, seq_popen = 5,
+  multi_streams = 16, multi_events = 200, mem = 20000, lat = 200,
+} or {
+  paced = 10000, bulk = 100000, framing = 100000, seq = 2000, seq_popen = 200,
+  multi_streams = 256, multi_events = 2000, mem = 1000000, lat = 4000,
+}
+local BULK_K = 64                -- events per HTTP chunk in the bulk case
+local PACE_US = 250
+
+local function sh(cmd)
+  local f = assert(io.popen(cmd .. " 2>&1"))
+  local out = f:read("a")
+  f:close()
+  return out
+end
+
+local function have(cmd) return sh("command -v " .. cmd) ~= "" end
+
+-- {====== the server ====== -----------------------------------------------
+
+local server = assert(io.popen("exec build/bench/server -i 60 -T 3600 -q", "r"))
+local port = assert(tonumber(server:read("l")), "bench server did not start")
+local BASE = "http://127.0.0.1:" .. port
+
+local function stats()
+  local s = sh("curl -s --noproxy '*' " .. BASE .. "/bench/stats")
+  return tonumber(s:match('"connections":(%d+)')) or -1
+end
+
+-- }======
+
+-- {====== clients ====== ---------------------------------------------------
+
+local LUAS = { { tag = "5.4", exe = "lua5.4" }, { tag = "LuaJIT", exe = "luajit" } }
+local function luaenv(tag)
+  local d = tag == "LuaJIT" and "luajit" or "5.4"
+  return "env LUA_PATH='./lua/?.lua;./lua/?/init.lua;./bench/lua/?.lua;;' " ..
+         "LUA_CPATH='./build/" .. d .. "/?.so;./build/bench/" .. d .. "/?.so;;' "
+end
+
+local node_ok, node_why = have("node"), nil
+if not node_ok then node_why = "node is not installed"
+else
+  local f = io.open("bench/node/node_modules/openai/package.json")
+  if f then f:close() else
+    node_ok, node_why = false, "bench/node/node_modules has no openai (npm ci failed or was skipped)"
+  end
+end
+
+-- A client is a name and a function (mode, endpoint, n) -> shell command.
+local clients = {}
+for _, l in ipairs(LUAS) do
+  clients["llamacpp " .. l.tag] = function(mode, ep, n)
+    return luaenv(l.tag) .. l.exe .. " bench/lua/client_llamacpp.lua " .. mode .. " " .. ep .. " " .. (n or "")
+  end
+  clients["popen-curl " .. l.tag] = function(mode, ep, n)
+    return luaenv(l.tag) .. l.exe .. " bench/lua/client_popen.lua " .. mode .. " " .. ep .. " " .. (n or "")
+  end
+  clients["luasocket " .. l.tag] = function(mode, ep, n)
+    return luaenv(l.tag) .. l.exe .. " bench/lua/client_luasocket.lua " .. mode .. " " .. ep .. " " .. (n or "")
+  end
+end
+clients["C libcurl"] = function(mode, ep, n)
+  return "build/bench/cclient " .. mode .. " " .. ep .. "/v1/chat/completions " .. (n or "")
+end
+clients["Node openai"] = function(mode, ep, n)
+  return "node bench/node/client.mjs " .. mode .. " " .. ep .. " " .. (n or "")
+end
+
+local function parse(out)
+  local line = out:match("RESULT ([^\n]*)")
+  if not line then return nil end
+  local r = {}
+  for k, v in line:gmatch("([%w_]+)=(%S+)") do r[k] = tonumber(v) or v end
+  return r
+end
+
+-- }======
+
+-- {====== cases ====== -----------------------------------------------------
+
+-- kind "cpu": the target is CPU per event (lower is better);
+-- "rate": events/s or requests/s (higher is better).
+local STREAM_CLIENTS = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl", "popen-curl 5.4",
+  "popen-curl LuaJIT", "luasocket 5.4", "luasocket LuaJIT", "Node openai" }
+local cases = {
+  { id = "paced", title = ("paced stream, %d events at %d µs"):format(S.paced, PACE_US),
+    kind = "cpu", unit = "event", mode = "stream",
+    prefix = ("/n%d/d%d"):format(S.paced, PACE_US), clients = STREAM_CLIENTS,
+    targets = { { "C libcurl", 1.1 }, { "Node openai", 0.4 } } },
+  { id = "bulk", title = ("bulk stream, %d events, %d per chunk"):format(S.bulk, BULK_K),
+    kind = "cpu", unit = "event", mode = "stream",
+    prefix = ("/n%d/k%d"):format(S.bulk, BULK_K), clients = STREAM_CLIENTS,
+    targets = { { "luasocket", 0.6 }, { "Node openai", 0.1 } } },
+  { id = "framing", title = ("llama-server framing, %d events"):format(S.framing),
+    kind = "rate", unit = "event", mode = "stream",
+    prefix = ("/n%d"):format(S.framing), clients = STREAM_CLIENTS,
+    targets = { { "C libcurl", 1.0 }, { "Node openai", 2.0 } } },
+  { id = "seq", title = ("%d sequential non-stream chat calls"):format(S.seq),
+    kind = "rate", unit = "request", mode = "seq", prefix = "/n16",
+    n = S.seq, n_for = { ["popen-curl 5.4"] = S.seq_popen, ["popen-curl LuaJIT"] = S.seq_popen },
+    clients = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl", "popen-curl 5.4",
+                "popen-curl LuaJIT", "Node openai" },
+    targets = { { "C libcurl", 0.7 }, { "popen-curl", 50 } } },
+  { id = "multi", title = ("%d concurrent streams of %d events"):format(S.multi_streams, S.multi_events),
+    kind = "rate", unit = "event", mode = "multi", prefix = ("/n%d"):format(S.multi_events),
+    n = S.multi_streams, clients = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl", "Node openai" },
+    targets = { { "C libcurl", 0.8 } } },
+  { id = "mem", title = ("%d events in one stream"):format(S.mem), kind = "mem", unit = "event",
+    mode = "mem", prefix = ("/n%d"):format(S.mem), reps = 1,
+    clients = { "llamacpp 5.4", "llamacpp LuaJIT" } },
+  { id = "lat", title = ("latency added, %d events at %d µs"):format(S.lat, PACE_US),
+    kind = "lat", unit = "event", mode = "lat", prefix = ("/n%d/d%d/t1"):format(S.lat, PACE_US),
+    clients = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl" } },
+  { id = "startup", title = "start-up: require + first request", kind = "startup",
+    unit = "process", mode = "startup", prefix = "/n16",
+    clients = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl", "Node openai" } },
+}
+
+-- }======
+
+-- {====== running ====== ---------------------------------------------------
+
+local lost = {}
+local results = {}      -- results[case.id][client] = list of RESULT tables
+
+local function median(list, key)
+  local v = {}
+  for _, r in ipairs(list) do v[#v + 1] = r[key] end
+  table.sort(v)
+  if #v == 0 then return nil end
+  return v[(#v + 1) // 2]
+end
+
+io.stderr:write(("bench: server on port %d, %s run, %d rep(s)%s\n"):format(port,
+  smoke and "smoke" or "full", reps, node_ok and "" or ("; Node column skipped: " .. node_why)))
+for _, c in ipairs(cases) do
+  results[c.id] = {}
+  for _, name in ipairs(c.clients) do results[c.id][name] = {} end
+  for rep = 1, c.reps or reps do
+    for _, name in ipairs(c.clients) do
+      if name ~= "Node openai" or node_ok then
+        local n = c.n_for and c.n_for[name] or c.n
+        local mode = c.mode
+        if name == "C libcurl" and mode == "mem" then mode = "stream" end
+        local before = c.id == "seq" and stats()
+        local cmd = clients[name](mode, BASE .. c.prefix, n)
+        io.stderr:write(("  %-8s %-18s rep %d\r"):format(c.id, name, rep))
+        local out = sh("timeout 600 " .. cmd)
+        local r = parse(out)
+        if c.id == "seq" and r then r.server_conns = stats() - before - 1 end
+        if not r or r.ok ~= 1 then
+          lost[#lost + 1] = ("%s / %s: %s"):format(c.id, name,
+            r and "lost bytes or failed requests" or ("no result: " .. out:sub(1, 300)))
+          io.stderr:write("\nbench: FAILED ", lost[#lost], "\n", out, "\n")
+        end
+        if r then table.insert(results[c.id][name], r) end
+      end
+    end
+  end
+end
+io.stderr:write(string.rep(" ", 50), "\r")
+sh("curl -s --noproxy '*' " .. BASE .. "/bench/quit")
+server:close()
+
+-- }======
+
+-- {====== the table ====== -------------------------------------------------
+
+local out = {}
+local function p(...) out[#out + 1] = table.concat({ ... }) end
+local function fmt(v, d) if v == nil then return "–" end return (("%." .. (d or 1) .. "f"):format(v)) end
+local function si(v)
+  if v == nil then return "–" end
+  if v >= 1e6 then return ("%.2f M"):format(v / 1e6) end
+  if v >= 1e3 then return ("%.1f k"):format(v / 1e3) end
+  return ("%.1f"):format(v)
+end
+
+-- per client of a case: rate, cpu per unit, peak RSS (medians)
+local function summary(c, name)
+  local list = results[c.id][name]
+  if not list or #list == 0 then return nil end
+  local units = c.unit == "request" and "requests" or "events"
+  local s = { n = #list }
+  local rates, cpus = {}, {}
+  for _, r in ipairs(list) do
+    local count = r[units] or r.events or 1
+    if r.wall_us then rates[#rates + 1] = { v = count / (r.wall_us / 1e6) } end
+    cpus[#cpus + 1] = { v = r.cpu_us / (c.kind == "startup" and 1 or count) }
+  end
+  s.rate = median(rates, "v")
+  s.cpu = median(cpus, "v")
+  s.rss = median(list, "maxrss_kb")
+  s.conns = median(list, "conns")
+  s.server_conns = median(list, "server_conns")
+  s.lat50, s.lat99 = median(list, "lat_p50_us"), median(list, "lat_p99_us")
+  s.rss10k, s.rssend = median(list, "rss_10k_kb"), median(list, "rss_end_kb")
+  s.samples = list[1].rss_samples
+  return s
+end
+
+local function metric(c, s)
+  if not s then return nil end
+  if c.kind == "rate" then return s.rate end
+  return s.cpu
+end
+
+local stamp = os.date("!%Y-%m-%d %H:%M UTC")
+p("Measured ", stamp, " on ", (sh("uname -m"):gsub("%s+$", "")), ", ",
+  (sh("nproc"):gsub("%s+$", "")), " CPUs; ", smoke and "smoke run (small sizes)" or "full run",
+  ", median of ", reps, " run(s) per client.")
+p("")
+p("| case | client | events/s or req/s | CPU µs per event/req | peak RSS MiB | llamacpp 5.4 ÷ this | llamacpp LuaJIT ÷ this |")
+p("|---|---|---:|---:|---:|---:|---:|")
+for _, c in ipairs(cases) do
+  local ours = { summary(c, "llamacpp 5.4"), summary(c, "llamacpp LuaJIT") }
+  local first = true
+  for _, name in ipairs(c.clients) do
+    local s = summary(c, name)
+    if s then
+      local ratio = {}
+      for i = 1, 2 do
+        local a, b = metric(c, ours[i]), metric(c, s)
+        ratio[i] = (a and b and b > 0 and not name:match("^llamacpp")) and
+                   (("%.2fx"):format(a / b)) or ""
+      end
+      local extra = ""
+      if c.id == "seq" and s.server_conns then
+        extra = (" (%d conn)"):format(s.server_conns)
+      elseif c.kind == "lat" then
+        extra = (" p50 %s / p99 %s µs"):format(fmt(s.lat50), fmt(s.lat99))
+      elseif c.kind == "mem" and s.rss10k then
+        extra = (" RSS %+.2f MiB after the 10,000th"):format((s.rssend - s.rss10k) / 1024)
+      end
+      p("| ", first and c.title or "", " | ", name, " | ",
+        c.kind == "startup" and "–" or si(s.rate), extra, " | ",
+        fmt(s.cpu, c.kind == "startup" and 0 or 2), c.kind == "startup" and " (whole process)" or "",
+        " | ", fmt(s.rss / 1024), " | ", ratio[1], " | ", ratio[2], " |")
+      first = false
+    end
+  end
+end
+if not node_ok then p(""); p("Node column skipped: ", node_why, ".") end
+
+-- targets
+p("")
+p("| target | llamacpp 5.4 | llamacpp LuaJIT |")
+p("|---|---|---|")
+local function verdict(ok) return ok and "met" or "**missed**" end
+for _, c in ipairs(cases) do
+  local ours = { summary(c, "llamacpp 5.4"), summary(c, "llamacpp LuaJIT") }
+  for _, t in ipairs(c.targets or {}) do
+    local cells = {}
+    for i = 1, 2 do
+      local tag = i == 1 and "5.4" or "LuaJIT"
+      local other = summary(c, t[1]) or summary(c, t[1] .. " " .. tag)
+      local a, b = metric(c, ours[i]), metric(c, other)
+      if a and b then
+        local r = a / b
+        local ok = (c.kind == "rate") and r >= t[2] or (c.kind ~= "rate" and r <= t[2])
+        cells[i] = ("%.2fx: %s"):format(r, verdict(ok))
+      else cells[i] = "not measured" end
+    end
+    p("| ", c.id, ": ", c.kind == "rate" and "rate" or "CPU/event", " ",
+      c.kind == "rate" and "≥ " or "≤ ", t[2], "x ", t[1], " | ", cells[1], " | ", cells[2], " |")
+  end
+  if c.id == "seq" then
+    local cells = {}
+    for i = 1, 2 do
+      local s = ours[i]
+      cells[i] = s and (("%s connection(s): %s"):format(tostring(s.server_conns), verdict(s.server_conns == 1))) or "–"
+    end
+    p("| seq: one connection reused | ", cells[1], " | ", cells[2], " |")
+  elseif c.kind == "mem" then
+    local cells = {}
+    for i = 1, 2 do
+      local s = ours[i]
+      if s and s.rss10k then
+        local g = (s.rssend - s.rss10k) / 1024
+        cells[i] = ("%+.2f MiB: %s; peak %.1f MB: %s"):format(g, verdict(g < 1),
+          s.rss * 1024 / 1e6, verdict(s.rss * 1024 < 16e6))
+      else cells[i] = "–" end
+    end
+    p("| mem: RSS growth < 1 MiB after the 10,000th event; peak < 16 MB | ", cells[1], " | ", cells[2], " |")
+  elseif c.kind == "lat" then
+    local cells = {}
+    for i = 1, 2 do
+      local s = ours[i]
+      cells[i] = s and (("p50 %.0f µs, p99 %.0f µs: %s"):format(s.lat50, s.lat99,
+        verdict(s.lat50 < 1000 and s.lat99 < 1000))) or "–"
+    end
+    p("| latency: p50 and p99 < 1 ms | ", cells[1], " | ", cells[2], " |")
+  elseif c.kind == "startup" then
+    local cells = {}
+    local floor = summary(c, "C libcurl")
+    for i = 1, 2 do
+      local s = ours[i]
+      cells[i] = s and (("%.1f ms: %s (C libcurl client: %s ms)"):format(s.cpu / 1e3,
+        verdict(s.cpu < 20000), floor and fmt(floor.cpu / 1e3) or "–")) or "–"
+    end
+    p("| start-up CPU < 20 ms | ", cells[1], " | ", cells[2], " |")
+  end
+end
+if #lost > 0 then
+  p("")
+  p("**Lost data or failed requests:**")
+  for _, l in ipairs(lost) do p("- ", l) end
+end
+
+local text = table.concat(out, "\n") .. "\n"
+io.write(text)
+local f = io.open(outfile, "w")
+if f then f:write(text); f:close() end
+for _, c in ipairs(cases) do
+  local s = summary(c, "llamacpp 5.4")
+  if c.kind == "mem" and s and s.samples then
+    io.write("\nRSS (kB) along the mem stream, llamacpp 5.4, thousands of events:RSS: ", s.samples, "\n")
+  end
+end
+os.exit(#lost == 0 and 0 or 1)
