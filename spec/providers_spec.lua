@@ -283,8 +283,9 @@ describe("llamacpp.providers", function()
     it("sends tool history as Ollama wants it: argument objects, tool_name, images", function()
       local c = client("ollama", "ollama_chat")
       assert(c:chat{ messages = {
-        { role = "user", content = { { type = "text", text = "What is this? " },
-                                     { type = "image_url", image_url = { url = "data:image/png;base64,iVBORw0KGgo=" } } } },
+        { role = "user", content = {
+          { type = "text", text = "What is this? " },
+          { type = "image_url", image_url = { url = "data:image/png;base64,iVBORw0KGgo=" } } } },
         { role = "assistant", content = cjson.null, tool_calls = { { id = "call_1", type = "function",
           ["function"] = { name = "get_weather", arguments = '{"city":"Paris"}' } } } },
         { role = "tool", tool_call_id = "call_1", content = "18 C" } } })
