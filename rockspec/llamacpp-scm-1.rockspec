@@ -39,6 +39,10 @@ build = {
     ["llamacpp.providers.llamacpp"] = "lua/llamacpp/providers/llamacpp.lua",
     ["llamacpp.uv"] = "lua/llamacpp/uv.lua",
     ["llamacpp.native"] = "lua/llamacpp/native.lua",
+    ["llamacpp.router"] = "lua/llamacpp/router.lua",
+    ["llamacpp.providers.openai"] = "lua/llamacpp/providers/openai.lua",
+    ["llamacpp.providers.ollama"] = "lua/llamacpp/providers/ollama.lua",
+    ["llamacpp.providers.anthropic"] = "lua/llamacpp/providers/anthropic.lua",
   },
   platforms = {
     windows = { modules = { ["llamacpp.core"] = { libraries = { "libcurl" } } } },

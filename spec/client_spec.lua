@@ -126,6 +126,13 @@ describe("llamacpp.client", function()
       assert.equal("t1", last_request().headers["x-trace"])
     end)
 
+    it("lets the caller's headers replace the provider's of the same name", function()
+      local c = llamacpp.new{ endpoint = srv:replay("chat_nonstream"), api_key = "k1",
+                              headers = { authorization = "Basic dTpw" } }
+      assert(c:chat{ messages = MSGS })
+      assert.equal("Basic dTpw", last_request().headers.authorization)
+    end)
+
     it("appends paths to an endpoint with a path prefix, with or without trailing slashes", function()
       for _, suffix in ipairs{ "", "/", "//" } do
         local c = llamacpp.new{ endpoint = srv:replay("chat_nonstream") .. suffix }

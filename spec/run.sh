@@ -18,7 +18,7 @@ for lua in lua5.4 luajit; do
 done
 # busted: "N successes / N failures / N errors / N pending"; C: "N passed, N failed"
 awk '
-  /successes \/ .* failures \/ .* errors/ {
+  /success(es)? \/ .* failures? \/ .* errors? \/ .* pending/ {
     for (i = 1; i < NF; i++) {
       if ($(i+1) ~ /^success/) p += $i
       if ($(i+1) ~ /^failure/ || $(i+1) ~ /^error/) f += $i

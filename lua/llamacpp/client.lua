@@ -122,8 +122,10 @@ function M.new(opts)
     names[#names + 1] = name
   end
   table.sort(names)
+  self.header_names = {}
   for _, name in ipairs(names) do
     self.header_lines[#self.header_lines + 1] = name .. ": " .. opts.headers[name]
+    self.header_names[name:lower()] = true
   end
   local t = {}
   for _, k in ipairs{ "connect_timeout", "first_byte_timeout", "idle_timeout", "timeout" } do
@@ -162,8 +164,11 @@ function Client:_open(method, path, body, framing)
   local h = { "Accept: " .. (framing == "sse" and "text/event-stream" or "application/json"),
               "Expect:" }
   if body then h[#h + 1] = "Content-Type: application/json" end
+  -- the caller's headers win over the provider's of the same name
   local ph = self.provider.headers(key)
-  for i = 1, #ph do h[#h + 1] = ph[i] end
+  for i = 1, #ph do
+    if not self.header_names[ph[i]:match("^([^:]*)"):lower()] then h[#h + 1] = ph[i] end
+  end
   for i = 1, #self.header_lines do h[#h + 1] = self.header_lines[i] end
   local o = { url = self.url .. path, method = method, body = body,
               headers = h, framing = framing }
