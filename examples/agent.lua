@@ -41,8 +41,8 @@ for turn = 1, 6 do
     print(res.content)
     os.exit(0)
   end
-  -- the assistant's turn goes back as the server sent it
-  messages[#messages + 1] = res.raw.choices[1].message
+  -- the assistant's turn goes back with its calls, as results give them
+  messages[#messages + 1] = { role = "assistant", content = res.content, tool_calls = res.tool_calls }
   for _, call in ipairs(res.tool_calls) do
     local f = functions[call.name]
     local args, aerr = llamacpp.tool_arguments(call)

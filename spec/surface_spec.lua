@@ -69,6 +69,24 @@ describe("llamacpp.client surface", function()
       assert.is_nil(b.messages[2].content)
     end)
 
+    it("sends back assistant tool calls given in the shape results have", function()
+      local res = assert(client("tc_auto_nonstream"):chat{ messages = MSGS, tools = {} })
+      local msgs = { MSGS[1], { role = "assistant", content = res.content, tool_calls = res.tool_calls } }
+      for _, tc in ipairs(res.tool_calls) do
+        msgs[#msgs + 1] = { role = "tool", tool_call_id = tc.id, content = "21 C" }
+      end
+      assert(client("tc_after_tool_result_nonstream"):chat{ messages = msgs })
+      local b = cjson.decode(last_request().body)
+      local sent = b.messages[2].tool_calls
+      assert.equal(#res.tool_calls, #sent)
+      for i, tc in ipairs(res.tool_calls) do
+        assert.same({ id = tc.id, type = "function", ["function"] = { name = tc.name, arguments = tc.arguments } },
+                    sent[i])
+      end
+      assert.equal(res.tool_calls[1].id, b.messages[3].tool_call_id)
+      assert.is_nil(msgs[2].tool_calls[1]["function"])     -- the caller's table is not changed
+    end)
+
     it("returns logprobs, non-streamed and streamed", function()
       local raw = answer("chat_logprobs_nonstream")
       local res = assert(client("chat_logprobs_nonstream"):chat{ messages = MSGS, logprobs = true,

@@ -73,6 +73,34 @@ local function tool_calls_of(list)
 end
 
 
+--- A message as the server takes it. Assistant tool calls may be given in
+-- the shape results have ({id =, name =, arguments =}, as in res.tool_calls
+-- or a done event): they are sent as {id, type = "function", function =
+-- {name, arguments}}. Other messages go as they are (not copied).
+function M.wire_message(m)
+  local tcs = type(m) == "table" and m.tool_calls
+  if type(tcs) ~= "table" then return m end
+  local plain = true
+  for i = 1, #tcs do
+    if type(tcs[i]) == "table" and tcs[i]["function"] == nil and tcs[i].name ~= nil then plain = false end
+  end
+  if plain then return m end
+  local out = {}
+  for k, v in pairs(m) do out[k] = v end
+  out.tool_calls = json.array()
+  for i = 1, #tcs do
+    local tc = tcs[i]
+    if type(tc) == "table" and tc["function"] == nil and tc.name ~= nil then
+      local args = tc.arguments
+      if type(args) == "table" then args = json.encode(args) end
+      tc = { id = tc.id, type = "function", ["function"] = { name = tc.name, arguments = args or "{}" } }
+    end
+    out.tool_calls[i] = tc
+  end
+  return out
+end
+
+
 --- A provider for one flavour of Chat Completions server. `spec` has
 -- name, label, default_endpoint, chat_path and default_max_tokens (nil:
 -- send max_tokens only when the caller sets it).
@@ -103,7 +131,7 @@ function M.variant(spec)
     local out = json.array()
     if req.system then out[1] = { role = "system", content = req.system } end
     if msgs then
-      for i = 1, #msgs do out[#out + 1] = msgs[i] end
+      for i = 1, #msgs do out[#out + 1] = M.wire_message(msgs[i]) end
     end
     body.messages = out
     if body.max_tokens == nil and body.max_completion_tokens == nil then
