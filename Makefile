@@ -25,7 +25,7 @@ OUT = build/$(LUAV)/llamacpp/core.so
 
 DEBS = make gcc libc6-dev pkg-config curl libcurl4-openssl-dev \
   lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
-  lua-cjson lua-socket lua-busted luarocks lua-luv lua-check neovim
+  lua-cjson lua-socket lua-busted luarocks lua-luv lua-check lua-ldoc neovim
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: $(OUT)
@@ -57,10 +57,14 @@ test:
 lint:
 	luacheck lua spec examples
 
+# the API reference, from the --- comments (Debian's lua-ldoc)
+docs:
+	rm -rf docs/api && ldoc -q .
+
 clean:
 	rm -rf build
 
-.PHONY: all deps chat demo check-c test lint clean
+.PHONY: all deps chat demo check-c test lint docs clean
 
 # mk/*.mk: further targets (bench, sanitizers, fuzzing), one file per area
 -include mk/*.mk

@@ -1,4 +1,6 @@
 --- Client and Stream: requests to one server over the C core.
+-- Created by @{llamacpp.new}.
+-- @module llamacpp.client
 local core = require "llamacpp.core"
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
@@ -75,12 +77,14 @@ local function is_loopback(host)
 end
 
 
+--- A client of one server: `llamacpp.new(opts)`.
+-- @type Client
 local Client = {}
 Client.__index = Client
 Client.__name = "llamacpp.Client"
 M.Client = Client
 
---- Creates a client. See DESIGN.md section 2 for the options.
+-- Creates a client (llamacpp.new). See llamacpp's options table.
 function M.new(opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then
@@ -236,7 +240,16 @@ function Client:_request(method, path, body_table, raw)
   return self:_complete(t, key, err, raw)
 end
 
---- One chat completion: res, or nil, Error.
+--- One chat completion.
+-- @tparam table req `messages`, optional `system` (sent as the first
+--   message), `max_tokens` (default 2048) and any field the server knows
+--   (temperature, seed, stop, grammar, json_schema, response_format, tools,
+--   tool_choice, logprobs, ...), passed through
+-- @treturn table `{content, reasoning, tool_calls, stop_reason, usage =
+--   {input_tokens, output_tokens}, timings, logprobs, model, id, provider, raw}`
+-- @return[2] nil
+-- @return[2] @{llamacpp.Error}
+-- @within Client
 function Client:chat(req)
   if type(req) ~= "table" then
     error("bad argument #1 to 'chat' (table expected, got " .. type(req) .. ")", 2)
@@ -251,7 +264,9 @@ function Client:chat(req)
 end
 
 
---- A stream of normalised events over one transfer.
+--- A stream of normalised events over one transfer, from
+-- @{Client:open_stream}, @{Client:chat_stream} and the other streaming methods.
+-- @type Stream
 local Stream = {}
 Stream.__index = Stream
 Stream.__name = "llamacpp.Stream"
@@ -313,11 +328,14 @@ end
 
 --- The next event; nil after the last one (done or error); false when
 -- timeout_ms (0: do not block) passed with nothing ready.
+-- @tparam[opt] number timeout_ms wait at most this long; none: until an event
+-- @treturn table|nil|false an @{llamacpp.event}, `nil` at the end, `false` on timeout
 function Stream:next(timeout_ms)
   return self:_next(timeout_ms, false)
 end
 
 --- True when next(0) would return an event (or the end) at once.
+-- @treturn boolean
 function Stream:ready()
   if self.qh <= self.qt then return true end
   if self.ended then return false end
@@ -382,6 +400,11 @@ function Stream:close()
 end
 
 --- A stream for a chat request, to be read with :next() and :close().
+-- On Lua 5.1 and LuaJIT use this rather than @{chat_stream} when a loop may
+-- end early, and close the stream.
+-- @within Client
+-- @tparam table req as for @{Client:chat}
+-- @treturn Stream
 function Client:open_stream(req)
   if type(req) ~= "table" then
     error("bad argument #1 to 'open_stream' (table expected, got " .. type(req) .. ")", 2)
@@ -403,8 +426,10 @@ function Client:_stream(t, key, dec)
 end
 
 --- Drives every transfer of this client, waiting at most timeout_ms
--- (default 0; nil... negative: no limit) until some stream has an event
--- ready. Returns the array of those streams (possibly empty).
+-- (default 0; negative: no limit) until some stream has an event ready.
+-- @within Client
+-- @tparam[opt=0] number timeout_ms
+-- @treturn {Stream,...} the streams with an event (possibly none)
 function Client:poll(timeout_ms)
   timeout_ms = timeout_ms or 0
   local deadline = timeout_ms >= 0 and core.now() + timeout_ms
@@ -435,6 +460,7 @@ end
 
 --- GET /health: {status = "ok"}, or nil, Error (503 "Loading model" is an
 -- http error with retryable = true).
+-- @within Client
 function Client:health()
   return self:_request("GET", "/health")
 end
@@ -443,6 +469,7 @@ end
 -- model" phase and a server still starting). opts.timeout (seconds,
 -- default 60), opts.interval (seconds, default 0.25). true, or nil and
 -- the last Error.
+-- @within Client
 function Client:wait_ready(opts)
   opts = opts or {}
   argcheck(type(opts) == "table", 1, "wait_ready", "table expected")
@@ -459,19 +486,24 @@ function Client:wait_ready(opts)
 end
 
 --- GET /v1/models: the decoded answer (`data` and `models` lists).
+-- @within Client
 function Client:models() return self:_request("GET", "/v1/models") end
 
 --- GET /props: server and model properties (chat template, n_ctx, ...).
+-- @within Client
 function Client:props() return self:_request("GET", "/props") end
 
---- GET /slots (needs --slots on the server, the default): array of slots.
+--- GET /slots (on by default; off with the server flag no-slots): array of slots.
+-- @within Client
 function Client:slots() return self:_request("GET", "/slots") end
 
---- GET /metrics (needs --metrics): Prometheus text.
+--- GET /metrics (needs the server flag metrics): Prometheus text.
+-- @within Client
 function Client:metrics() return self:_request("GET", "/metrics", nil, true) end
 
 --- POST /tokenize: the tokens of `text` (ids, or {id, piece} with
 -- opts.with_pieces; a piece that is not valid UTF-8 comes as a byte array).
+-- @within Client
 function Client:tokenize(text, opts)
   argcheck(type(text) == "string", 1, "tokenize", "string expected, got " .. type(text))
   local body = copy(opts, { content = text })
@@ -481,6 +513,7 @@ function Client:tokenize(text, opts)
 end
 
 --- POST /detokenize: the text of an array of token ids.
+-- @within Client
 function Client:detokenize(tokens)
   argcheck(type(tokens) == "table", 1, "detokenize", "table expected, got " .. type(tokens))
   local obj, err = self:_request("POST", "/detokenize", { tokens = json.array(copy(tokens)) })
@@ -490,6 +523,7 @@ end
 
 --- POST /apply-template: the prompt the chat template makes of a chat
 -- request (system first, as in chat).
+-- @within Client
 function Client:apply_template(req)
   argcheck(type(req) == "table", 1, "apply_template", "table expected, got " .. type(req))
   local body = self.provider.chat_body(req, false, self.model)
@@ -499,9 +533,10 @@ function Client:apply_template(req)
   return obj.prompt
 end
 
---- POST /v1/embeddings (server started with --embeddings): one input or
+--- POST /v1/embeddings (needs the server flag embeddings): one input or
 -- an array of them. {embeddings = {vector, ...} in input order, usage,
 -- model, raw}.
+-- @within Client
 function Client:embeddings(input, opts)
   argcheck(type(input) == "string" or type(input) == "table", 1, "embeddings",
            "string or table expected, got " .. type(input))
@@ -518,8 +553,9 @@ function Client:embeddings(input, opts)
            usage = { input_tokens = u.prompt_tokens and math.floor(u.prompt_tokens) } }
 end
 
---- POST /v1/rerank (server started with --reranking): documents scored
+--- POST /v1/rerank (needs the server flag reranking): documents scored
 -- against query, best first: {{index =, relevance_score =}, ...}.
+-- @within Client
 function Client:rerank(query, documents, opts)
   argcheck(type(query) == "string", 1, "rerank", "string expected, got " .. type(query))
   argcheck(type(documents) == "table", 2, "rerank", "table expected, got " .. type(documents))
@@ -562,30 +598,38 @@ end
 --- POST /completion (native): a prompt (string, tokens, or mixed) and
 -- llama-server's sampling fields. {content, stop_reason, usage, timings,
 -- probs (n_probs), raw}.
+-- @within Client
 function Client:completion(req)
   return self:_native("/completion", native_body("completion", req, false, "prompt"))
 end
 
 --- The same, streamed: the iterator of chat_stream (content events with
 -- `probs` when n_probs is set; done; error).
+-- @within Client
 function Client:completion_stream(req)
   return self:_native_stream("/completion", native_body("completion_stream", req, true, "prompt"))
 end
 
 --- POST /infill: fill-in-the-middle for editors (input_prefix,
 -- input_suffix, input_extra = {{filename =, text =}, ...}, prompt).
+-- @within Client
 function Client:infill(req)
   return self:_native("/infill", native_body("infill", req, false, "input_prefix"))
 end
 
 --- The same, streamed.
+-- @within Client
 function Client:infill_stream(req)
   return self:_native_stream("/infill", native_body("infill_stream", req, true, "input_prefix"))
 end
 
 -- }=====================================================================
 
---- Streams a chat: for ev in client:chat_stream(req) do ... end.
+--- Streams a chat: `for ev in client:chat_stream(req) do ... end`.
+-- @within Client
+-- @tparam table req as for @{Client:chat}
+-- @return step, stream, nil, stream: a generic-for iterator whose 4th value
+--   Lua 5.4 closes however the loop ends
 -- Returns step, stream, nil, stream: Lua 5.4 closes the stream however
 -- the loop ends; elsewhere use open_stream and :close() on early exit.
 function Client:chat_stream(req)

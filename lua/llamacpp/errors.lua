@@ -1,6 +1,7 @@
 --- Errors: one shape for every run-time failure (DESIGN.md section 3).
 -- The metatable is created by the C core (`core.Error`, with `__tostring`),
 -- so errors made in C and in Lua are the same kind of value.
+-- @module llamacpp.errors
 local Error = require("llamacpp.core").Error
 local json = require "llamacpp.json"
 

@@ -1,6 +1,13 @@
---- llamacpp: a Lua client for llama.cpp's llama-server, on libcurl.
--- local llamacpp = require "llamacpp"
--- local client = llamacpp.new{ endpoint = "http://127.0.0.1:8080" }
+--- A Lua client for llama.cpp's llama-server, on libcurl.
+--
+--    local llamacpp = require "llamacpp"
+--    local client = llamacpp.new{ endpoint = "http://127.0.0.1:8080" }
+--    local res, err = client:chat{ messages = { { role = "user", content = "Hi" } } }
+--
+-- Programmer errors raise; everything that can fail at run time returns
+-- `nil, err` (or ends a stream with an `error` event), `err` being an
+-- @{Error}. See @{llamacpp.client} for the client and its streams.
+-- @module llamacpp
 local core = require "llamacpp.core"
 local client = require "llamacpp.client"
 local errors = require "llamacpp.errors"
@@ -14,11 +21,83 @@ local M = {
   json = require "llamacpp.json",
 }
 
---- Creates a client: see DESIGN.md section 2 for the options.
+--- Options of @{new}. Unknown options raise. Times are in seconds.
+-- @table options
+-- @field endpoint base URL, default `http://127.0.0.1:8080`; may carry a path
+--   prefix (a reverse proxy's `http://host/llama/`); trailing slashes tolerated
+-- @field api_key string, or a function returning one (called per request);
+--   sent as `Authorization: Bearer`; never printed
+-- @field model default `model` of requests
+-- @field headers extra headers `{name = value}`; CR, LF or NUL raise
+-- @field provider `"llamacpp"` (default), `"openai"`, `"ollama"` or `"anthropic"`
+-- @field connect_timeout default 10
+-- @field first_byte_timeout from the start of a request to the answer's first
+--   byte; none by default (prompt processing can take minutes)
+-- @field idle_timeout longest silence between bytes once the answer started; 300
+-- @field timeout total; none by default
+-- @field max_event bytes of one stream event, default 16 MiB
+-- @field max_body bytes of a whole answer, default 64 MiB
+-- @field proxy proxy URL; otherwise libcurl's `http_proxy` & co. apply, except
+--   to loopback endpoints
+-- @field ca_file CA bundle for TLS verification (on by default)
+-- @field ca_path CA directory
+-- @field insecure `true` turns TLS verification off
+-- @field follow_redirects follow redirects (off by default; credentials are
+--   not sent to another host)
+
+--- Stream events, in order: any number of `content`, `reasoning` and
+-- `tool_call`, then exactly one `done` or `error`, then the end.
+-- @table event
+-- @field type `"content"`, `"reasoning"`, `"tool_call"`, `"done"` or `"error"`
+-- @field content text of a content or reasoning event; on `done`, all the text
+-- @field logprobs on content events when asked (`logprobs = true`)
+-- @field probs on content events of completion streams with `n_probs`
+-- @field index tool_call: which call (0-based)
+-- @field id tool_call: the call's id
+-- @field name tool_call: the function's name
+-- @field arguments tool_call: a fragment of the JSON arguments
+-- @field reasoning done: all the reasoning text, if any
+-- @field tool_calls done: `{{id =, name =, arguments = "<json>"}, ...}`, if any
+-- @field stop_reason done: `"stop"`, `"length"`, `"tool_calls"`, ...
+-- @field usage done: `{input_tokens =, output_tokens =, ...}`
+-- @field timings done: llama-server's timings (prompt_n, predicted_per_second, ...)
+-- @field error error: the @{Error}
+-- @field provider with the router: the deployment that answered
+
+--- Run-time failures: `nil, err` from calls, the `error` of a last event.
+-- A table whose metatable is `llamacpp.Error` (also `llamacpp.Error`);
+-- `tostring(err)` gives one line, never with the API key.
+-- @table Error
+-- @field kind `connection`, `timeout`, `tls`, `network`, `truncated`, `http`,
+--   `protocol`, `cancelled` or `no_provider`
+-- @field message what happened, e.g. `llama-server not running at <endpoint>`
+-- @field retryable whether another try may succeed
+-- @field status HTTP status
+-- @field code libcurl's name (`COULDNT_CONNECT`) or the server's error type
+-- @field phase timeouts: `connect`, `first_byte`, `idle` or `total`
+-- @field retry_after seconds, from `Retry-After`
+-- @field provider provider (or, with the router, deployment) name
+-- @field endpoint the endpoint, without credentials
+-- @field request_id the server's request id header, if any
+-- @field body the server's answer, at most 4 KiB
+-- @field partial text received before a mid-stream failure
+-- @field detail libcurl's own message
+-- @field n_prompt_tokens llama-server's context-size error
+-- @field n_ctx llama-server's context-size error
+-- @field attempts no_provider: `{{provider =, endpoint =, error =}, ...}`
+
+--- Creates a client.
+-- @function new
+-- @tparam[opt] table opts @{options}
+-- @treturn llamacpp.client.Client
 M.new = client.new
 
 --- The arguments of a tool call (from res.tool_calls or a done event) as
 -- a table, or nil and a protocol Error when the model wrote invalid JSON.
+-- @tparam table call `{name =, arguments = "<json text>"}`
+-- @treturn table the arguments
+-- @return[2] nil
+-- @return[2] @{Error} of kind `protocol`, code `BAD_TOOL_ARGUMENTS`
 function M.tool_arguments(call)
   if type(call) ~= "table" then
     error("bad argument #1 to 'tool_arguments' (table expected, got " .. type(call) .. ")", 2)

@@ -5,6 +5,7 @@
 -- empty table as an array when its key names a JSON array, or when it
 -- carries the `json.array` marker, and as an object otherwise (or with
 -- the `json.object` marker).
+-- @module llamacpp.json
 local cjson = require "cjson"
 
 local M = {}

@@ -20,6 +20,7 @@
 -- times in a row cools down for `period` seconds (tried only when nothing
 -- else is left). When nothing answers, the error is `no_provider`, with
 -- every attempt in `err.attempts`.
+-- @module llamacpp.router
 local core = require "llamacpp.core"
 local client_mod = require "llamacpp.client"
 local errors = require "llamacpp.errors"

@@ -11,6 +11,7 @@
 -- Callbacks run on the loop's thread. One that raises is reported (to
 -- opts.on_error, else stderr / vim.notify) and its request is cancelled;
 -- the loop and the other requests go on.
+-- @module llamacpp.uv
 local M = {}
 
 local function default_uv()

@@ -1,0 +1,53 @@
+rockspec_format = "3.0"
+package = "llamacpp"
+version = "0.1.0-1"
+source = {
+  url = "git+https://github.com/llamacpp-lua/llamacpp.git",
+  tag = "v0.1.0",
+}
+description = {
+  summary = "A Lua client for llama.cpp's llama-server, with a C core on libcurl",
+  detailed = [[
+    Chat, streaming (SSE) with normalised events, clear errors and four
+    separate timeouts, for Lua 5.1-5.4 and LuaJIT (Neovim). HTTP, SSE framing
+    and error mapping are done in C on libcurl; requests and responses in Lua.
+  ]],
+  license = "MIT",
+  labels = { "llm", "llama.cpp", "http", "sse", "neovim" },
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson >= 2.1.0",
+}
+external_dependencies = {
+  -- the library only: on Debian/Ubuntu the header lives in a multiarch
+  -- directory that the compiler searches by itself but LuaRocks does not
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["llamacpp.core"] = {
+      sources = { "src/core.c", "src/transfer.c", "src/sse.c", "src/error.c" },
+      libraries = { "curl" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+    ["llamacpp"] = "lua/llamacpp/init.lua",
+    ["llamacpp.client"] = "lua/llamacpp/client.lua",
+    ["llamacpp.errors"] = "lua/llamacpp/errors.lua",
+    ["llamacpp.json"] = "lua/llamacpp/json.lua",
+    ["llamacpp.providers.llamacpp"] = "lua/llamacpp/providers/llamacpp.lua",
+    ["llamacpp.uv"] = "lua/llamacpp/uv.lua",
+    ["llamacpp.native"] = "lua/llamacpp/native.lua",
+    ["llamacpp.router"] = "lua/llamacpp/router.lua",
+    ["llamacpp.providers.openai"] = "lua/llamacpp/providers/openai.lua",
+    ["llamacpp.providers.ollama"] = "lua/llamacpp/providers/ollama.lua",
+    ["llamacpp.providers.anthropic"] = "lua/llamacpp/providers/anthropic.lua",
+  },
+  platforms = {
+    windows = { modules = { ["llamacpp.core"] = { libraries = { "libcurl" } } } },
+  },
+}
+test_dependencies = { "busted" }
+test = { type = "busted" }
