@@ -1,0 +1,60 @@
+-- Release hygiene: the rockspecs, the module's version and the files in
+-- lua/ agree, and the rockspecs pass `luarocks lint`.
+local llamacpp = require "llamacpp"
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function rockspec(path)
+  local env = {}
+  local chunk = assert((loadstring or load)(read(path), "@" .. path, "t", env))
+  if setfenv then setfenv(chunk, env) end
+  chunk()
+  return env
+end
+
+describe("release", function()
+  it("has _VERSION matching the versioned rockspec", function()
+    local spec = rockspec("rockspec/llamacpp-0.1.0-1.rockspec")
+    assert.equal("0.1.0-1", spec.version)
+    assert.equal("llamacpp 0.1.0", llamacpp._VERSION)
+    assert.equal(spec.version:match("^(.-)%-%d+$"), llamacpp.version)
+  end)
+
+  it("lists every Lua module of lua/ in both rockspecs, with the same modules", function()
+    local p = io.popen("cd lua && find . -name '*.lua' | sort")
+    local files = {}
+    for line in p:lines() do files[#files + 1] = line:gsub("^%./", "") end
+    p:close()
+    local scm = rockspec("rockspec/llamacpp-scm-1.rockspec").build.modules
+    local rel = rockspec("rockspec/llamacpp-0.1.0-1.rockspec").build.modules
+    assert.same(scm, rel)
+    local listed = {}
+    for _, v in pairs(scm) do
+      if type(v) == "string" then listed[v:gsub("^lua/", "")] = true end
+    end
+    for _, f in ipairs(files) do
+      assert.is_true(listed[f] == true, "lua/" .. f .. " is not in the rockspec")
+    end
+    for name, v in pairs(scm) do
+      if type(v) == "string" then
+        local want = "lua/" .. name:gsub("%.", "/") .. ".lua"
+        if name == "llamacpp" then want = "lua/llamacpp/init.lua" end
+        assert.equal(want, v)
+      end
+    end
+  end)
+
+  it("passes luarocks lint", function()
+    for _, f in ipairs{ "rockspec/llamacpp-scm-1.rockspec", "rockspec/llamacpp-0.1.0-1.rockspec" } do
+      local h = io.popen("luarocks lint " .. f .. " 2>&1; echo rc=$?")
+      local out = h:read("*a")
+      h:close()
+      assert.matches("rc=0", out, out)
+    end
+  end)
+end)
