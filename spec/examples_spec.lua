@@ -1,0 +1,85 @@
+-- Every example in examples/ runs against the fixture server (a smoke run
+-- that checks its output), so no example can rot.
+local fixture = require "fixture.control"
+local util = require "spec.util"
+local cjson = require "cjson"
+
+local LUA = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
+
+-- Runs an example with env vars; returns exit code, stdout, stderr.
+local function run(script, env, args)
+  local out, err = os.tmpname(), os.tmpname()
+  local cmd = {}
+  for k, v in pairs(env or {}) do cmd[#cmd + 1] = k .. "='" .. v .. "'" end
+  cmd[#cmd + 1] = "timeout 60 " .. LUA .. " " .. script
+  for _, a in ipairs(args or {}) do cmd[#cmd + 1] = "'" .. a .. "'" end
+  cmd[#cmd + 1] = ">" .. out .. " 2>" .. err .. "; echo $?"
+  local h = io.popen("env -u http_proxy -u HTTP_PROXY " .. table.concat(cmd, " "))
+  local code = tonumber(h:read("*a"))
+  h:close()
+  local o, e = util.read(out), util.read(err)
+  os.remove(out)
+  os.remove(err)
+  return code, o, e
+end
+
+describe("examples", function()
+  local srv
+  setup(function() srv = fixture.start() end)
+  teardown(function() srv:stop() end)
+
+  it("chat.lua streams a reply with its stats", function()
+    local want = util.expected("chat_stream_usage")
+    local code, out = run("examples/chat.lua", { LLAMACPP_ENDPOINT = srv:replay("chat_stream_usage") }, { "Hi" })
+    assert.equal(0, code)
+    assert.equal(1, select(2, out:gsub(want.content:gsub("%p", "%%%0"), "")))
+    assert.matches("%[length: %d+ prompt %+ 16 generated tokens", out)
+  end)
+
+  it("chat.lua explains what to do when nothing listens", function()
+    local code, _, err = run("examples/chat.lua",
+                             { LLAMACPP_ENDPOINT = "http://127.0.0.1:" .. util.closed_port() })
+    assert.equal(1, code)
+    assert.matches("llama%-server not running at http://127%.0%.0%.1:%d+", err)
+    assert.matches("llama%-server %-m", err)
+    assert.matches("make demo", err)
+  end)
+
+  it("demo.lua replays a recorded reply, labelled as such", function()
+    local code, out = run("examples/demo.lua")
+    assert.equal(0, code)
+    assert.matches("REPLAY: not a live model", out)
+    assert.matches("512 generated tokens; replayed", out)
+  end)
+
+  it("parallel.lua prints every answer", function()
+    local want = util.expected("chat_stream_usage").content
+    local code, out = run("examples/parallel.lua", { LLAMACPP_ENDPOINT = srv:replay("chat_stream_usage", "pace=1") },
+                          { "Hi", "3" })
+    assert.equal(0, code)
+    for i = 1, 3 do
+      assert.truthy(out:find("[" .. i .. "] " .. want, 1, true), "answer " .. i)
+    end
+  end)
+
+  it("embeddings.lua names the nearest sentence", function()
+    -- five inputs (the query and four sentences); the fourth sentence is made nearest
+    local vecs = { { 1, 0, 0 }, { 0.2, 0.9, 0 }, { 0, 0, 1 }, { 0, 1, 0.1 }, { 0.9, 0.1, 0 } }
+    local data = {}
+    for i, v in ipairs(vecs) do data[i] = { object = "embedding", index = i - 1, embedding = v } end
+    srv:write("emb5", fixture.http_response(200, { { "Content-Type", "application/json" } },
+      cjson.encode{ model = "m", object = "list", data = data, usage = { prompt_tokens = 20, total_tokens = 20 } }))
+    local code, out = run("examples/embeddings.lua", { LLAMACPP_ENDPOINT = srv:replay("emb5") })
+    assert.equal(0, code)
+    assert.matches("nearest: A kitten naps in the sun%.", out)
+  end)
+
+  it("router.lua falls back and says who answered", function()
+    local code, out = run("examples/router.lua", {
+      LLAMACPP_ENDPOINT = "http://127.0.0.1:" .. util.closed_port(),
+      OLLAMA_HOST = srv:replay("ollama_chat_stream"),
+    })
+    assert.equal(0, code)
+    assert.matches("ollama", out)
+  end)
+end)
