@@ -12,7 +12,7 @@ local llamacpp = require "llamacpp"
 local fixture = require "fixture.control"
 
 local srv = fixture.start()
-local endpoint = srv:replay("speed_stream_512", "pace=8")
+local endpoint = srv:replay("speed_stream_512", "pace=" .. (os.getenv("LLAMACPP_DEMO_PACE") or "8"))
 io.write(([[
 === REPLAY: not a live model ===
 A llama-server reply recorded byte for byte (spec/fixtures/speed_stream_512.response;

@@ -46,7 +46,7 @@ describe("examples", function()
   end)
 
   it("demo.lua replays a recorded reply, labelled as such", function()
-    local code, out = run("examples/demo.lua")
+    local code, out = run("examples/demo.lua", { LLAMACPP_DEMO_PACE = "0" })
     assert.equal(0, code)
     assert.matches("REPLAY: not a live model", out)
     assert.matches("512 generated tokens; replayed", out)
