@@ -154,6 +154,7 @@ end
 io.stderr:write(("bench: server on port %d, %s run, %d rep(s)%s\n"):format(port,
   smoke and "smoke" or "full", reps, node_ok and "" or ("; Node column skipped: " .. node_why)))
 for _, c in ipairs(cases) do
+  io.stderr:write("bench: ", c.title, "\n")
   results[c.id] = {}
   for _, name in ipairs(c.clients) do results[c.id][name] = {} end
   for rep = 1, c.reps or reps do
@@ -164,7 +165,6 @@ for _, c in ipairs(cases) do
         if name == "C libcurl" and mode == "mem" then mode = "stream" end
         local before = c.id == "seq" and stats()
         local cmd = clients[name](mode, BASE .. c.prefix, n)
-        io.stderr:write(("  %-8s %-18s rep %d\r"):format(c.id, name, rep))
         local out = sh("timeout 600 " .. cmd)
         local r = parse(out)
         if c.id == "seq" and r then r.server_conns = stats() - before - 1 end
@@ -178,7 +178,6 @@ for _, c in ipairs(cases) do
     end
   end
 end
-io.stderr:write(string.rep(" ", 50), "\r")
 sh("curl -s --noproxy '*' " .. BASE .. "/bench/quit")
 server:close()
 
