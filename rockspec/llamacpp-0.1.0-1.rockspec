@@ -40,6 +40,7 @@ build = {
     ["llamacpp.providers.llamacpp"] = "lua/llamacpp/providers/llamacpp.lua",
     ["llamacpp.uv"] = "lua/llamacpp/uv.lua",
     ["llamacpp.native"] = "lua/llamacpp/native.lua",
+    ["llamacpp.text"] = "lua/llamacpp/text.lua",
     ["llamacpp.router"] = "lua/llamacpp/router.lua",
     ["llamacpp.providers.openai"] = "lua/llamacpp/providers/openai.lua",
     ["llamacpp.providers.ollama"] = "lua/llamacpp/providers/ollama.lua",

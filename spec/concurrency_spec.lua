@@ -119,6 +119,9 @@ describe("concurrency", function()
     end
     local slow1 = open("chat_stream_midstream_error", "pace=100")
     local slow2 = open("chat_stream_midstream_error", "pace=101")
+    -- both slow ones are mid-answer before the fast one starts
+    assert.is_string((slow1:next(10000)))
+    assert.is_string((slow2:next(10000)))
     local fast = open("chat_stream_usage")
     local n = 0
     while true do                         -- blocking reads of the fast one

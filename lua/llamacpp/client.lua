@@ -264,6 +264,30 @@ function Client:chat(req)
 end
 
 
+--- Options of the streaming methods (`open_stream`, `chat_stream`,
+-- `completion_stream`, `infill_stream`).
+-- @table stream_options
+-- @field assemble `false`: keep no text for `done.content`, `done.reasoning`
+--   and `err.partial` (they are nil), so a very long stream costs constant
+--   memory; the events carry the text as usual. Default `true`.
+
+local STREAM_OPTIONS = { assemble = "boolean" }
+
+local function check_stream_opts(opts, fname)
+  if opts == nil then return nil end
+  if type(opts) ~= "table" then
+    error("bad argument #2 to '" .. fname .. "' (table expected, got " .. type(opts) .. ")", 3)
+  end
+  for k, v in pairs(opts) do
+    if not STREAM_OPTIONS[k] then error("unknown stream option '" .. tostring(k) .. "'", 3) end
+    if type(v) ~= STREAM_OPTIONS[k] then
+      error("stream option '" .. k .. "' must be a " .. STREAM_OPTIONS[k], 3)
+    end
+  end
+  return opts
+end
+M.check_stream_opts = check_stream_opts
+
 --- A stream of normalised events over one transfer, from
 -- @{Client:open_stream}, @{Client:chat_stream} and the other streaming methods.
 -- @type Stream
@@ -367,7 +391,11 @@ function Stream:_next(timeout_ms, take)
     end
     if data then
       if not dec.finished then           -- nothing counts after [DONE]
-        local e = dec:feed(data, name, push)
+        local e, ev = dec:feed(data, name, push)
+        if ev then                       -- one event: no queueing
+          self.nevents = self.nevents + 1
+          return ev
+        end
         if e then self:_fail(e)
         elseif dec.finished then self.finished_at = core.now() end
       end
@@ -404,15 +432,17 @@ end
 -- end early, and close the stream.
 -- @within Client
 -- @tparam table req as for @{Client:chat}
+-- @tparam[opt] table opts @{stream_options}
 -- @treturn Stream
-function Client:open_stream(req)
+function Client:open_stream(req, opts)
   if type(req) ~= "table" then
     error("bad argument #1 to 'open_stream' (table expected, got " .. type(req) .. ")", 2)
   end
+  opts = check_stream_opts(opts, "open_stream")
   local p = self.provider
   local body = json.encode(p.chat_body(req, true, self.model))
   local t, key = self:_open("POST", p.chat_path, body, p.framing)
-  return self:_stream(t, key, p.decoder())
+  return self:_stream(t, key, p.decoder(opts))
 end
 
 -- A Stream over transfer t, read with decoder dec.
@@ -589,9 +619,9 @@ function Client:_native(path, body)
   return res
 end
 
-function Client:_native_stream(path, body)
+function Client:_native_stream(path, body, opts)
   local t, key = self:_open("POST", path, json.encode(body), "sse")
-  local s = self:_stream(t, key, native.decoder())
+  local s = self:_stream(t, key, native.decoder(opts))
   return function() return s:next() end, s, nil, s
 end
 
@@ -606,8 +636,9 @@ end
 --- The same, streamed: the iterator of chat_stream (content events with
 -- `probs` when n_probs is set; done; error).
 -- @within Client
-function Client:completion_stream(req)
-  return self:_native_stream("/completion", native_body("completion_stream", req, true, "prompt"))
+function Client:completion_stream(req, opts)
+  return self:_native_stream("/completion", native_body("completion_stream", req, true, "prompt"),
+                             check_stream_opts(opts, "completion_stream"))
 end
 
 --- POST /infill: fill-in-the-middle for editors (input_prefix,
@@ -619,8 +650,9 @@ end
 
 --- The same, streamed.
 -- @within Client
-function Client:infill_stream(req)
-  return self:_native_stream("/infill", native_body("infill_stream", req, true, "input_prefix"))
+function Client:infill_stream(req, opts)
+  return self:_native_stream("/infill", native_body("infill_stream", req, true, "input_prefix"),
+                             check_stream_opts(opts, "infill_stream"))
 end
 
 -- }=====================================================================
@@ -632,11 +664,11 @@ end
 --   Lua 5.4 closes however the loop ends
 -- Returns step, stream, nil, stream: Lua 5.4 closes the stream however
 -- the loop ends; elsewhere use open_stream and :close() on early exit.
-function Client:chat_stream(req)
+function Client:chat_stream(req, opts)
   if type(req) ~= "table" then
     error("bad argument #1 to 'chat_stream' (table expected, got " .. type(req) .. ")", 2)
   end
-  local s = self:open_stream(req)
+  local s = self:open_stream(req, check_stream_opts(opts, "chat_stream"))
   return function() return s:next() end, s, nil, s
 end
 

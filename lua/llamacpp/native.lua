@@ -2,10 +2,11 @@
 -- and their streams (no [DONE]: the last event has "stop": true).
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
+local text = require "llamacpp.text"
 
 local M = {}
 
-local type, concat, floor = type, table.concat, math.floor
+local type, floor = type, math.floor
 
 local function int(v) if type(v) == "number" and v == floor(v) then return floor(v) end return v end
 
@@ -49,8 +50,9 @@ end
 local Decoder = {}
 Decoder.__index = Decoder
 
-function M.decoder()
-  return setmetatable({ content = {}, finished = false }, Decoder)
+function M.decoder(opts)
+  return setmetatable({ content = text.new(not (opts and opts.assemble == false)),
+                        finished = false }, Decoder)
 end
 
 function Decoder:feed(data, _, push)
@@ -67,7 +69,7 @@ function Decoder:feed(data, _, push)
   end
   local c = obj.content
   if type(c) == "string" and c ~= "" then
-    self.content[#self.content + 1] = c
+    self.content:add(c)
     local ev = { type = "content", content = c }
     if type(obj.completion_probabilities) == "table" then ev.probs = obj.completion_probabilities end
     push(ev)
@@ -80,14 +82,14 @@ function Decoder:feed(data, _, push)
 end
 
 function Decoder:partial()
-  return concat(self.content)
+  return self.content:get()
 end
 
 function Decoder:done()
   local obj = self.last or {}
   return {
     type = "done",
-    content = concat(self.content),
+    content = self.content:get(),
     stop_reason = stop_reason(obj),
     stop_type = obj.stop_type,
     usage = { input_tokens = int(obj.tokens_evaluated), output_tokens = int(obj.tokens_predicted) },

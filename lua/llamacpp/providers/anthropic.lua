@@ -20,6 +20,7 @@
 -- "tool_calls" (others as they are); usage input/output tokens.
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
+local Text = require "llamacpp.text"
 local openai = require "llamacpp.providers.openai"
 
 local M = {
@@ -294,8 +295,10 @@ end
 local Decoder = {}
 Decoder.__index = Decoder
 
-function M.decoder()
-  return setmetatable({ content = {}, reasoning = {}, tools = {}, blocks = {},
+-- opts.assemble = false: keep no text for done.content and err.partial
+function M.decoder(opts)
+  local keep = not (opts and opts.assemble == false)
+  return setmetatable({ content = Text.new(keep), reasoning = Text.new(keep), tools = {}, blocks = {},
                         finished = false }, Decoder)
 end
 
@@ -334,7 +337,7 @@ function Decoder:feed(data, name, push)
       local r = str(cb.thinking)
       if r and r ~= "" then
         blk.thinking.parts[1] = r
-        self.reasoning[#self.reasoning + 1] = r
+        self.reasoning:add(r)
         push({ type = "reasoning", content = r })
       end
     elseif cb.type == "redacted_thinking" then
@@ -344,7 +347,7 @@ function Decoder:feed(data, name, push)
     elseif cb.type == "text" then
       local c = str(cb.text)
       if c and c ~= "" then
-        self.content[#self.content + 1] = c
+        self.content:add(c)
         push({ type = "content", content = c })
       end
     end
@@ -354,13 +357,13 @@ function Decoder:feed(data, name, push)
     if d.type == "text_delta" then
       local c = str(d.text)
       if c and c ~= "" then
-        self.content[#self.content + 1] = c
+        self.content:add(c)
         push({ type = "content", content = c })
       end
     elseif d.type == "thinking_delta" then
       local r = str(d.thinking)
       if r and r ~= "" then
-        self.reasoning[#self.reasoning + 1] = r
+        self.reasoning:add(r)
         if blk.thinking then blk.thinking.parts[#blk.thinking.parts + 1] = r end
         push({ type = "reasoning", content = r })
       end
@@ -391,7 +394,7 @@ function Decoder:feed(data, name, push)
 end
 
 function Decoder:partial()
-  return concat(self.content)
+  return self.content:get()
 end
 
 function Decoder:done()
@@ -414,8 +417,8 @@ function Decoder:done()
   end
   return {
     type = "done",
-    content = concat(self.content),
-    reasoning = #self.reasoning > 0 and concat(self.reasoning) or nil,
+    content = self.content:get(),
+    reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
     thinking_blocks = thinking,
     tool_calls = calls,
     stop_reason = self.stop_reason,

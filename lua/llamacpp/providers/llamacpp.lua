@@ -12,8 +12,11 @@
 --   headers(key)             -> array of "Name: value" lines (auth & co.)
 --   chat_body(req, stream, model) -> the JSON body as a table
 --   parse_chat(obj)          -> result table | nil, Error
---   decoder()                -> d with d:feed(data, event_name, push) -> Error|nil,
---                               d.finished (terminator seen), d:partial(), d:done()
+--   decoder(opts)            -> d with d:feed(data, event_name, push) -> Error|nil,
+--                               d.finished (terminator seen), d:partial(), d:done();
+--                               opts.assemble == false: keep no text (partial()
+--                               and done().content are nil). feed may return
+--                               nil, ev for a single event instead of push(ev).
 -- The framing decides what feed() gets: "sse" gives each event's data and
 -- its `event:` name (nil for the default); "ndjson" one line, name nil.
 -- When the transfer ends the client emits d:done() if d.finished, else a

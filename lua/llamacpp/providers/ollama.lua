@@ -17,6 +17,7 @@
 -- tool), `prompt_eval_count`/`eval_count` -> usage.
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
+local Text = require "llamacpp.text"
 local openai = require "llamacpp.providers.openai"
 
 local M = {
@@ -265,8 +266,10 @@ end
 local Decoder = {}
 Decoder.__index = Decoder
 
-function M.decoder()
-  return setmetatable({ content = {}, reasoning = {}, tools = {},
+-- opts.assemble = false: keep no text for done.content and err.partial
+function M.decoder(opts)
+  local keep = not (opts and opts.assemble == false)
+  return setmetatable({ content = Text.new(keep), reasoning = Text.new(keep), tools = {},
                         finished = false }, Decoder)
 end
 
@@ -287,12 +290,12 @@ function Decoder:feed(data, _, push)
   if type(m) == "table" then
     local r = str(m.thinking)
     if r and r ~= "" then
-      self.reasoning[#self.reasoning + 1] = r
+      self.reasoning:add(r)
       push({ type = "reasoning", content = r })
     end
     local c = str(m.content)
     if c and c ~= "" then
-      self.content[#self.content + 1] = c
+      self.content:add(c)
       push({ type = "content", content = c })
     end
     if type(m.tool_calls) == "table" then
@@ -319,7 +322,7 @@ function Decoder:feed(data, _, push)
 end
 
 function Decoder:partial()
-  return concat(self.content)
+  return self.content:get()
 end
 
 function Decoder:done()
@@ -331,8 +334,8 @@ function Decoder:done()
   end
   return {
     type = "done",
-    content = concat(self.content),
-    reasoning = #self.reasoning > 0 and concat(self.reasoning) or nil,
+    content = self.content:get(),
+    reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
     tool_calls = calls,
     stop_reason = self.stop_reason,
     usage = self.usage,

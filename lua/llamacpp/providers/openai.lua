@@ -6,10 +6,15 @@
 -- translation with llama-server's defaults (see M.variant).
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
+local text = require "llamacpp.text"
 
 local M = {}
 
-local type, pairs, concat, floor = type, pairs, table.concat, math.floor
+local type, pairs, concat, floor, match = type, pairs, table.concat, math.floor, string.match
+
+local PLAIN = '^{"choices":%[{"finish_reason":null,"index":0,"delta":{"content":"([^"\\]*)"}}%],' ..
+              '"created":%d+,"id":"[^"\\]*","model":"[^"\\]*","system_fingerprint":"[^"\\]*",' ..
+              '"object":"chat%.completion%.chunk"}$'
 
 local function str(v) if type(v) == "string" then return v end end
 
@@ -183,12 +188,25 @@ function M.variant(spec)
   local Decoder = {}
   Decoder.__index = Decoder
 
-  function P.decoder()
-    return setmetatable({ content = {}, reasoning = {}, tools = {},
+  -- opts.assemble = false: keep no text for done.content and err.partial
+  function P.decoder(opts)
+    local keep = not (opts and opts.assemble == false)
+    return setmetatable({ content = text.new(keep), reasoning = text.new(keep), tools = {},
                           finished = false }, Decoder)
   end
 
   function Decoder:feed(data, _, push)
+    -- llama-server's plain token chunk, read without building a table
+    -- tree (most events of a stream). Exact shape or no match: anything
+    -- else (escapes, logprobs, timings, other servers) takes the full way.
+    if self.model ~= nil then
+      local c = match(data, PLAIN)
+      if c then
+        if c == "" then return nil end
+        self.content:add(c)
+        return nil, { type = "content", content = c }
+      end
+    end
     if data == "[DONE]" then
       self.finished = true
       return nil
@@ -212,12 +230,12 @@ function M.variant(spec)
       if type(d) == "table" then
         local r = str(d.reasoning_content) or str(d.reasoning)
         if r and r ~= "" then
-          self.reasoning[#self.reasoning + 1] = r
+          self.reasoning:add(r)
           push({ type = "reasoning", content = r })
         end
         local c = d.content
         if type(c) == "string" and c ~= "" then
-          self.content[#self.content + 1] = c
+          self.content:add(c)
           local ev = { type = "content", content = c }
           local lp = choice.logprobs
           if type(lp) == "table" and type(lp.content) == "table" then ev.logprobs = lp.content end
@@ -257,7 +275,7 @@ function M.variant(spec)
 
   --- The text received so far (for `partial` on errors).
   function Decoder:partial()
-    return concat(self.content)
+    return self.content:get()
   end
 
   --- The `done` event.
@@ -273,8 +291,8 @@ function M.variant(spec)
     end
     return {
       type = "done",
-      content = concat(self.content),
-      reasoning = #self.reasoning > 0 and concat(self.reasoning) or nil,
+      content = self.content:get(),
+      reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
       tool_calls = calls,
       refusal = self.refusal,
       stop_reason = self.stop_reason,
