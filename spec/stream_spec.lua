@@ -64,6 +64,30 @@ describe("llamacpp.Stream", function()
     end
   end)
 
+  it("keeps no text with assemble = false, the events unchanged", function()
+    local want = util.expected("chat_stream_usage")
+    local evs = util.collect(client("chat_stream_usage"):chat_stream({ messages = MSGS }, { assemble = false }))
+    assert.equal(want.content, text_of(evs))
+    assert.equal("done", evs[#evs].type)
+    assert.is_nil(evs[#evs].content)
+    assert.equal(want.usage.completion_tokens, evs[#evs].usage.output_tokens)
+    local s = client("chat_stream", "cut=1200"):open_stream({ messages = MSGS }, { assemble = false })
+    local last
+    repeat last = s:next() until last.type == "error"
+    assert.equal("network", last.error.kind)
+    assert.is_nil(last.error.partial)
+    assert.has_error(function() client("x"):chat_stream({ messages = MSGS }, { assmble = false }) end)
+    assert.has_error(function() client("x"):open_stream({ messages = MSGS }, { assemble = 1 }) end)
+  end)
+
+  it("assembles long streams exactly (more than 256 tokens)", function()
+    local want = util.expected("speed_stream_512")
+    local evs = util.collect(client("speed_stream_512"):chat_stream{ messages = MSGS })
+    assert.equal(512, want.ncontent)
+    assert.equal(want.content, text_of(evs))
+    assert.equal(want.content, evs[#evs].content)
+  end)
+
   it("gives the same events when the bytes arrive one at a time", function()
     local want = util.expected("chat_stream_usage")
     local evs = util.collect(client("chat_stream_usage", "drip"):chat_stream{ messages = MSGS })
