@@ -52,7 +52,7 @@
 #define DEFAULT_MAXBODY (64u * 1024u * 1024u)
 /* a consumer that stops reading pauses its transfer instead of queueing
    without bound; it resumes once the queue is half drained */
-#define QUEUE_HIGH      (1024 * 1024)
+#define QUEUE_HIGH      (64 * 1024)
 
 
 typedef struct { char *p; size_t len, cap; } lcpp_buf;
@@ -633,6 +633,18 @@ static int transfer_ready (lua_State *L) {
 }
 
 
+/* transfer:result() -> status, body, framed: response() without the
+   header table, for the common case that needs no header. */
+static int transfer_result (lua_State *L) {
+  Transfer *t = checkopen(L, 1);
+  if (t->status > 0) lua_pushinteger(L, (lua_Integer)t->status);
+  else lua_pushnil(L);
+  lua_pushlstring(L, t->raw.p ? t->raw.p : "", t->raw.len);
+  lua_pushboolean(L, t->mode == MODE_FRAMED);
+  return 3;
+}
+
+
 /* transfer:response() -> {status=, headers={lowercase name=value}, body=,
    framed=}: what is known so far (complete once next() returned the end). */
 static int transfer_response (lua_State *L) {
@@ -979,6 +991,7 @@ static const luaL_Reg transfer_methods[] = {
   {"take", transfer_take},
   {"ready", transfer_ready},
   {"response", transfer_response},
+  {"result", transfer_result},
   {"close", transfer_close},
   {NULL, NULL}
 };

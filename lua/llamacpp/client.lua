@@ -211,25 +211,27 @@ function Client:_begin(method, path, body_table)
 end
 
 -- The end of a _begin transfer: decoded JSON (or the raw body when
--- `raw`) and the response table; or nil, Error. `err` is what the
+-- `raw`) and the status; or nil, Error. `err` is what the
 -- transfer ended with, if anything.
 function Client:_complete(t, key, err, raw)
   if err then
     t:close()
     return nil, self:_error(err, key)
   end
-  local r = t:response()
-  t:close()
-  if r.status >= 400 then
-    return nil, self:_error(errors.http(r.status, r.body, r.headers, self.provider.label), key)
+  local status, body = t:result()
+  if status >= 400 then
+    local headers = t:response().headers      -- Retry-After, request id
+    t:close()
+    return nil, self:_error(errors.http(status, body, headers, self.provider.label), key)
   end
-  if raw then return r.body, r end
-  local obj, msg = json.decode(r.body)
+  t:close()
+  if raw then return body, status end
+  local obj, msg = json.decode(body)
   if obj == nil then
     return nil, self:_error(errors.new("protocol", "invalid JSON in the answer: " .. msg,
-                                       { status = r.status, body = r.body:sub(1, 4096) }), key)
+                                       { status = status, body = body:sub(1, 4096) }), key)
   end
-  return obj, r
+  return obj, status
 end
 
 -- Runs a request to its end (blocking): see _complete.
