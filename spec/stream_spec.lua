@@ -88,6 +88,35 @@ describe("llamacpp.Stream", function()
     assert.equal(want.content, evs[#evs].content)
   end)
 
+  it("reads llama-server's plain token chunks exactly as a JSON decoder does", function()
+    -- the C template path (escapes undone in C) against cjson, the oracle
+    local texts = { [[plain]], [[ caf\u00e9]], [[a\nb]], [[q\"uote]], [[back\\slash]], [[sl\/ash]],
+                    [[\ud83d\ude00 smile]], [[tab\tcr\r]], [[\u0011ctl]], "日本語", "",
+                    [[\b\f]], [[x\u00]], [[bad\xescape]], [[lone\ud800]], [[end\]] }
+    local evs, want = {}, {}
+    for i, t in ipairs(texts) do
+      local data = '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"' .. t ..
+                   '"}}],"created":1795628704,"id":"chatcmpl-x","model":"m","system_fingerprint":"b0",' ..
+                   '"object":"chat.completion.chunk"}'
+      evs[i] = data
+      local ok, o = pcall(cjson.decode, data)
+      want[i] = ok and o.choices[1].delta.content or false
+    end
+    for i, data in ipairs(evs) do
+      srv:write("tpl" .. i, stream_fixture{ chunk{ role = "assistant", content = cjson.null }, data, "[DONE]" })
+      local got = util.collect(client("tpl" .. i):chat_stream{ messages = MSGS })
+      if want[i] == false then                -- malformed: the same protocol error
+        assert.equal("protocol", got[#got].error and got[#got].error.kind, texts[i])
+      elseif want[i] == "" then
+        assert.equal("done", got[1].type, texts[i])
+      else
+        assert.equal("content", got[1].type, texts[i])
+        assert.equal(want[i], got[1].content, texts[i])
+        assert.equal(want[i], got[2].content, texts[i])
+      end
+    end
+  end)
+
   it("gives the same events when the bytes arrive one at a time", function()
     local want = util.expected("chat_stream_usage")
     local evs = util.collect(client("chat_stream_usage", "drip"):chat_stream{ messages = MSGS })

@@ -163,7 +163,7 @@ function Client:_key()
 end
 
 -- Starts a transfer: method, path, body (string or nil), framing.
-function Client:_open(method, path, body, framing)
+function Client:_open(method, path, body, framing, template)
   local key = self:_key()
   local h = { "Accept: " .. (framing == "sse" and "text/event-stream" or "application/json"),
               "Expect:" }
@@ -175,7 +175,7 @@ function Client:_open(method, path, body, framing)
   end
   for i = 1, #self.header_lines do h[#h + 1] = self.header_lines[i] end
   local o = { url = self.url .. path, method = method, body = body,
-              headers = h, framing = framing }
+              headers = h, framing = framing, template = template }
   for k, v in pairs(self.transfer_opts) do o[k] = v end
   return self.session:open(o), key
 end
@@ -443,7 +443,7 @@ function Client:open_stream(req, opts)
   opts = check_stream_opts(opts, "open_stream")
   local p = self.provider
   local body = json.encode(p.chat_body(req, true, self.model))
-  local t, key = self:_open("POST", p.chat_path, body, p.framing)
+  local t, key = self:_open("POST", p.chat_path, body, p.framing, p.template)
   return self:_stream(t, key, p.decoder(opts))
 end
 

@@ -9,6 +9,8 @@
 --   name, label              "llamacpp", "llama-server" (label: in messages)
 --   default_endpoint         used when the client has none
 --   chat_path, framing       "/v1/chat/completions", "sse" | "ndjson"
+--   template                 optional {head, mid, tail}: events of that exact
+--                            shape reach feed() as their text, name == true
 --   headers(key)             -> array of "Name: value" lines (auth & co.)
 --   chat_body(req, stream, model) -> the JSON body as a table
 --   parse_chat(obj)          -> result table | nil, Error
@@ -28,4 +30,5 @@ return require("llamacpp.providers.openai").variant{
   default_endpoint = "http://127.0.0.1:8080",
   chat_path = "/v1/chat/completions",
   default_max_tokens = 2048,
+  template = require("llamacpp.providers.openai").LLAMA_TEMPLATE,
 }

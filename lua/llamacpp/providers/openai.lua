@@ -10,11 +10,20 @@ local text = require "llamacpp.text"
 
 local M = {}
 
-local type, pairs, concat, floor, match = type, pairs, table.concat, math.floor, string.match
+local type, pairs, concat, floor = type, pairs, table.concat, math.floor
 
-local PLAIN = '^{"choices":%[{"finish_reason":null,"index":0,"delta":{"content":"([^"\\]*)"}}%],' ..
-              '"created":%d+,"id":"[^"\\]*","model":"[^"\\]*","system_fingerprint":"[^"\\]*",' ..
-              '"object":"chat%.completion%.chunk"}$'
+-- llama-server's plain token chunk:
+--   {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"<text>"}}],
+--    "created":<n>,"id":"...","model":"...","system_fingerprint":"...",
+--    "object":"chat.completion.chunk"}
+-- given to the C core as a template: such an event (nothing after the
+-- delta, no object or array after "created") reaches feed() as its text
+-- alone, JSON escapes undone, with name == true: no JSON decode in Lua.
+M.LLAMA_TEMPLATE = {
+  '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"',
+  '"}}],"created":',
+  '"object":"chat.completion.chunk"}',
+}
 
 local function str(v) if type(v) == "string" then return v end end
 
@@ -116,6 +125,7 @@ function M.variant(spec)
     chat_path = spec.chat_path,
     framing = "sse",
     default_endpoint = spec.default_endpoint,
+    template = spec.template,
   }
   local label = spec.label
 
@@ -195,17 +205,11 @@ function M.variant(spec)
                           finished = false }, Decoder)
   end
 
-  function Decoder:feed(data, _, push)
-    -- llama-server's plain token chunk, read without building a table
-    -- tree (most events of a stream). Exact shape or no match: anything
-    -- else (escapes, logprobs, timings, other servers) takes the full way.
-    if self.model ~= nil then
-      local c = match(data, PLAIN)
-      if c then
-        if c == "" then return nil end
-        self.content:add(c)
-        return nil, { type = "content", content = c }
-      end
+  function Decoder:feed(data, name, push)
+    if name == true then                 -- the template's plain token
+      if data == "" then return nil end
+      self.content:add(data)
+      return nil, { type = "content", content = data }
     end
     if data == "[DONE]" then
       self.finished = true
