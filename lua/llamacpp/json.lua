@@ -125,9 +125,49 @@ encode_value = function(v, key, out, depth)
   end
 end
 
+-- Whether lua-cjson writes v exactly as encode_value would: no empty or
+-- marked table (the [] / {} question), arrays dense, object keys strings,
+-- numbers that "%.14g" (cjson's format) keeps exact. Most request bodies
+-- are; lua-cjson then does the work ten times faster.
+local fmt14 = "%.14g"
+local function cjson_safe(v, depth)
+  local tv = type(v)
+  if tv == "string" or tv == "boolean" then return true end
+  if tv == "number" then
+    if v ~= v or v == huge or v == -huge then return false end
+    if v == floor(v) then return v > -1e14 and v < 1e14 end
+    return tonumber(fmt(fmt14, v)) == v
+  end
+  if tv ~= "table" then return v == cjson.null end
+  local mt = getmetatable(v)
+  if depth > 100 or next(v) == nil or (mt ~= nil and mt ~= array_mt and mt ~= object_mt) then
+    return false
+  end
+  local n = #v
+  if mt == object_mt and n > 0 then return false end
+  if n > 0 then
+    local count = 0
+    for k, x in pairs(v) do
+      if type(k) ~= "number" or k < 1 or k > n or k ~= floor(k) or not cjson_safe(x, depth + 1) then
+        return false
+      end
+      count = count + 1
+    end
+    return count == n
+  end
+  for k, x in pairs(v) do
+    if type(k) ~= "string" or not cjson_safe(x, depth + 1) then return false end
+  end
+  return true
+end
+
+local encoder = cjson.new()
+encoder.encode_keep_buffer(false)     -- no buffer kept between calls
+
 --- Encodes a Lua value as JSON text. Raises on values JSON cannot hold
 -- (functions, NaN, mixed tables).
 function M.encode(v)
+  if cjson_safe(v, 0) then return encoder.encode(v) end
   local out = {}
   encode_value(v, nil, out, 0)
   return concat(out)
