@@ -69,11 +69,14 @@ struct Session {
   int nfds, capfds;
   double timer_at;         /* libcurl's timer, monotonic ms; < 0: none */
   int changed;             /* the socket set changed since sockets() */
+  CURL *pool[8];           /* easy handles of ended transfers, for reuse */
+  int npool;
 };
 
 struct Transfer {
   CURL *easy;              /* NULL: finished or closed */
   Session *session;        /* non-NULL while attached to session->multi */
+  Session *home;           /* its session; alive while sref holds it */
   Transfer *prev, *next;
   int sref;                /* registry ref keeping the session alive */
   int closed;              /* closed by the caller: next() raises */
@@ -446,8 +449,15 @@ static Transfer *checkopen (lua_State *L, int i) {
 static void lcpp_release (Transfer *t) {
   int i;
   if (t->easy != NULL) {
+    Session *s = t->home;
     lcpp_detach(t);
-    curl_easy_cleanup(t->easy);
+    /* a reset handle starts the next request of the session cheaper than
+       a new one; its connection, if kept, is in the session's cache */
+    if (s != NULL && s->multi != NULL && s->npool < (int)(sizeof s->pool / sizeof s->pool[0])) {
+      curl_easy_reset(t->easy);
+      s->pool[s->npool++] = t->easy;
+    } else
+      curl_easy_cleanup(t->easy);
     t->easy = NULL;
   }
   curl_slist_free_all(t->headers);
@@ -857,6 +867,8 @@ static int session_close (lua_State *L) {
   if (s->multi == NULL) return 0;
   while (s->head != NULL)
     lcpp_finish(s->head, CURLE_OK, FAIL_CANCEL);
+  while (s->npool > 0)
+    curl_easy_cleanup(s->pool[--s->npool]);
   curl_multi_cleanup(s->multi);
   s->multi = NULL;
   free(s->fds);
@@ -999,8 +1011,9 @@ static int session_open (lua_State *L) {
   }
   lua_pop(L, 1);
   method = lcpp_optstr(L, 2, "method", NULL);
-  t->easy = curl_easy_init();
+  t->easy = s->npool > 0 ? s->pool[--s->npool] : curl_easy_init();
   if (t->easy == NULL) return luaL_error(L, "curl_easy_init failed");
+  t->home = s;
   SETOPT(CURLOPT_URL, url);
   SETOPT(CURLOPT_PRIVATE, (void *)t);
   SETOPT(CURLOPT_ERRORBUFFER, t->errbuf);
