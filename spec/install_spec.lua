@@ -28,7 +28,11 @@ describe("rockspec", function()
   end)
 
   it("installs with luarocks make and chats from the installed copy", function()
-    local cmd = "luarocks --lua-version=" .. LUAV .. " --tree='" .. tree ..
+    -- luarocks make builds in its working directory (objects, and a
+    -- llamacpp/core.so that ./?.so would find): build in a copy
+    local src = tree .. "/src-copy"
+    assert(sh("mkdir -p '" .. src .. "' && cp -r lua src rockspec '" .. src .. "'/"))
+    local cmd = "cd '" .. src .. "' && luarocks --lua-version=" .. LUAV .. " --tree='" .. tree ..
                 "' make --deps-mode=none rockspec/llamacpp-scm-1.rockspec"
     if LUAJIT then cmd = cmd .. " LUA_INCDIR=/usr/include/luajit-2.1" end
     local ok, out = sh(cmd)
