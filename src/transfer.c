@@ -19,6 +19,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#define LCPP_EPOLL 1
+#endif
 
 #include <curl/curl.h>
 
@@ -71,6 +75,7 @@ struct Session {
   int changed;             /* the socket set changed since sockets() */
   CURL *pool[8];           /* easy handles of ended transfers, for reuse */
   int npool;
+  int epfd;                /* epoll set mirroring fds, for event loops; -1 */
 };
 
 struct Transfer {
@@ -234,10 +239,34 @@ static size_t lcpp_onheader (char *p, size_t size, size_t n, void *ud) {
 }
 
 
+/* Mirrors one socket's watch into the session's epoll set, if it has
+   one: an event loop then watches a single fd (session:fd()). */
+static void lcpp_epoll (Session *s, curl_socket_t fd, short events, int op) {
+#ifdef LCPP_EPOLL
+  struct epoll_event ev;
+  if (s->epfd < 0) return;
+  memset(&ev, 0, sizeof ev);
+  ev.events = ((events & POLLIN) ? EPOLLIN : 0) | ((events & POLLOUT) ? EPOLLOUT : 0);
+  ev.data.fd = fd;
+  if (epoll_ctl(s->epfd, op, fd, &ev) != 0 && op == EPOLL_CTL_MOD)
+    epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
+#else
+  (void)s; (void)fd; (void)events; (void)op;
+#endif
+}
+
+#ifndef LCPP_EPOLL
+#define EPOLL_CTL_ADD 1
+#define EPOLL_CTL_DEL 2
+#define EPOLL_CTL_MOD 3
+#endif
+
+
 static void lcpp_unwatch (Session *s, curl_socket_t fd) {
   int i;
   for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
   if (i < s->nfds) {
+    lcpp_epoll(s, fd, 0, EPOLL_CTL_DEL);
     s->nfds--;
     s->fds[i] = s->fds[s->nfds];
     s->serials[i] = s->serials[s->nfds];
@@ -277,6 +306,7 @@ static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
   s->fds[i].events = (short)(((what & CURL_POLL_IN) ? POLLIN : 0) |
                              ((what & CURL_POLL_OUT) ? POLLOUT : 0));
   s->fds[i].revents = 0;
+  lcpp_epoll(s, fd, s->fds[i].events, EPOLL_CTL_MOD);
   return 0;
 }
 
@@ -849,6 +879,7 @@ int lcpp_session_new (lua_State *L) {
   Session *s = (Session *)lua_newuserdata(L, sizeof *s);
   memset(s, 0, sizeof *s);
   s->timer_at = -1;
+  s->epfd = -1;
   luaL_getmetatable(L, LCPP_SESSION_MT);
   lua_setmetatable(L, -2);
   s->multi = curl_multi_init();
@@ -870,6 +901,8 @@ static int session_close (lua_State *L) {
   while (s->npool > 0)
     curl_easy_cleanup(s->pool[--s->npool]);
   curl_multi_cleanup(s->multi);
+  if (s->epfd >= 0) close(s->epfd);
+  s->epfd = -1;
   s->multi = NULL;
   free(s->fds);
   free(s->serials);
@@ -1118,12 +1151,58 @@ static int session_timeout (lua_State *L) {
 }
 
 
+/* session:fd() -> one fd that is readable whenever a socket of the
+   session is ready (an epoll set, Linux), or nil where there is none.
+   An event loop watches it and calls act() with no argument: one watch
+   per session, and the sockets' own errors never reach the loop. */
+static int session_fd (lua_State *L) {
+  Session *s = checksession(L, 1);
+#ifdef LCPP_EPOLL
+  if (s->epfd < 0) {
+    int i;
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0) return 0;
+    for (i = 0; i < s->nfds; i++)
+      lcpp_epoll(s, s->fds[i].fd, s->fds[i].events, EPOLL_CTL_ADD);
+  }
+  lua_pushinteger(L, s->epfd);
+  return 1;
+#else
+  (void)s;
+  return 0;
+#endif
+}
+
+
+/* The sockets of the epoll set that are ready, to libcurl. */
+static void lcpp_epoll_act (Session *s) {
+#ifdef LCPP_EPOLL
+  struct epoll_event evs[32];
+  int n, i, running;
+  if (s->epfd < 0) return;
+  n = epoll_wait(s->epfd, evs, 32, 0);
+  for (i = 0; i < n; i++) {
+    int flags = 0;
+    if (evs[i].events & (EPOLLIN | EPOLLHUP)) flags |= CURL_CSELECT_IN;
+    if (evs[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+    if (evs[i].events & EPOLLERR) flags |= CURL_CSELECT_ERR;
+    curl_multi_socket_action(s->multi, evs[i].data.fd, flags, &running);
+  }
+#else
+  (void)s;
+#endif
+}
+
+
 /* session:act([fd, events]): the event loop says socket fd is ready
-   ("r", "w", "rw", or "e" for an error), or, without fd, that the time
-   from timeout() passed. Then runs whatever is due. */
+   ("r", "w", "rw", or "e" for an error); without fd, that the session's
+   fd() is readable or the time from timeout() passed. Then runs whatever
+   is due. */
 static int session_act (lua_State *L) {
   Session *s = checksession(L, 1);
-  if (!lua_isnoneornil(L, 2)) {
+  if (lua_isnoneornil(L, 2))
+    lcpp_epoll_act(s);
+  else {
     curl_socket_t fd = (curl_socket_t)luaL_checkinteger(L, 2);
     const char *ev = luaL_optstring(L, 3, "r");
     int flags = 0, running;
@@ -1169,6 +1248,7 @@ static const luaL_Reg session_methods[] = {
   {"open", session_open},
   {"step", session_step},
   {"sockets", session_sockets},
+  {"fd", session_fd},
   {"timeout", session_timeout},
   {"act", session_act},
   {"close", session_close},

@@ -59,9 +59,17 @@ local function driver(client, uv, opts)
                      polls = {}, serials = {}, active = {}, nactive = 0,
                      timer = nil, idle = true,
                      on_error = opts and opts.on_error }, Driver)
+  d.epfd = d.session:fd()
+  if d.epfd then d.epoll = uv.new_poll(d.epfd) end
   by_loop[uv] = d
   return d
 end
+
+local now = require("llamacpp.core").now
+
+-- How long one loop turn may spend handing out events before it lets the
+-- editor run (keys, redraws, other timers); the rest comes next turn.
+local BUDGET_MS = 2
 
 -- Watch what libcurl wants watched; arm the timer for what is due next.
 -- With no request in flight nothing is watched (idle keep-alive sockets
@@ -70,43 +78,66 @@ function Driver:sync()
   local uv = self.uv
   if self.nactive == 0 then
     if not self.idle then
+      if self.epoll then self.epoll:stop() end
       for _, p in pairs(self.polls) do p:stop() end
       if self.timer then self.timer:stop() end
+      if self.soon then self.soon:stop() end
       self.idle = true
     end
     return
   end
-  local socks, serials = self.session:sockets(self.idle)
-  self.idle = false
-  if socks then
-    for fd, p in pairs(self.polls) do
-      if socks[fd] == nil or serials[fd] ~= self.serials[fd] then
-        p:stop()
-        p:close()
-        self.polls[fd], self.serials[fd] = nil, nil
-      end
+  if self.epfd then
+    -- one watch for the whole session: its epoll set (Linux)
+    if self.idle then
+      self.epoll:start("r", function() self:act(nil) end)
     end
-    for fd, ev in pairs(socks) do
-      local p = self.polls[fd]
-      if not p then
-        p = (uv.new_socket_poll or uv.new_poll)(fd)
-        self.polls[fd], self.serials[fd] = p, serials[fd]
-      end
-      p:start(ev, function(err, events)
-        self:act(fd, err and "e" or events)
-      end)
-    end
+  else
+    self:sync_sockets()
   end
-  local ms = self.session:timeout()
+  self.idle = false
+  local ms = self.more and 0 or self.session:timeout()
   if not self.timer then self.timer = uv.new_timer() end
   self.timer:stop()
-  if ms then
+  if ms and ms <= 0 then
+    -- due now: on the next loop turn (an idle handle), not in this one:
+    -- libuv before 1.45 runs a 0 ms timer started in a timer callback
+    -- again in the same pass, starving everything else
+    if not self.soon then self.soon = uv.new_idle() end
+    self.soon:start(function()
+      self.soon:stop()
+      self:act(nil)
+    end)
+  elseif ms then
     self.timer:start(math.ceil(ms), 0, function() self:act(nil) end)
   end
 end
 
--- A socket is ready (fd) or the timer fired (nil): let libcurl work, hand
--- out the events, and watch again.
+-- Without an epoll set: one uv poll per socket libcurl uses.
+function Driver:sync_sockets()
+  local uv = self.uv
+  local socks, serials = self.session:sockets(self.idle)
+  if not socks then return end
+  for fd, p in pairs(self.polls) do
+    if socks[fd] == nil or serials[fd] ~= self.serials[fd] then
+      p:stop()
+      p:close()
+      self.polls[fd], self.serials[fd] = nil, nil
+    end
+  end
+  for fd, ev in pairs(socks) do
+    local p = self.polls[fd]
+    if not p then
+      p = (uv.new_socket_poll or uv.new_poll)(fd)
+      self.polls[fd], self.serials[fd] = p, serials[fd]
+    end
+    p:start(ev, function(err, events)
+      self:act(fd, err and "e" or events)
+    end)
+  end
+end
+
+-- A socket is ready (fd), or the session's epoll set or the timer (nil):
+-- let libcurl work, hand out the events, and watch again.
 function Driver:act(fd, events)
   self.session:act(fd, events)
   self:dispatch()
@@ -116,9 +147,11 @@ end
 function Driver:dispatch()
   local list = {}
   for h in pairs(self.active) do list[#list + 1] = h end
+  local deadline = now() + BUDGET_MS
+  self.more = false
   for i = 1, #list do
     local h = list[i]
-    if self.active[h] then h:pump() end
+    if self.active[h] and h:pump(deadline) then self.more = true end
   end
 end
 
@@ -156,18 +189,23 @@ function Handle:finish()
   self.driver:remove(self)
 end
 
--- Stream: hand out every event that is ready.
-local function pump_stream(h)
+-- Stream: hand out the events that are ready, until the turn's deadline;
+-- true when some were left for the next turn.
+local function pump_stream(h, deadline)
+  local n = 0
   while not h.finished do
     local ev = h.stream:_next(0, true)
     if not ev then
       if ev == nil then h:finish() end
-      return
+      return false
     end
     local last = ev.type == "done" or ev.type == "error"
     if last then h:finish() end
-    if not h:call(h.on_event, ev) then return end
+    if not h:call(h.on_event, ev) then return false end
+    n = n + 1
+    if n % 16 == 0 and now() > deadline then return not h.finished end
   end
+  return false
 end
 
 -- Whole answer: when the transfer has ended, decode and call back once.
@@ -213,12 +251,15 @@ end
 --- Streams a chat on the loop: on_event(ev) for every event (the last is
 -- done or error). Returns a handle with :cancel().
 -- opts: uv (a luv-compatible module; default vim.uv / vim.loop / luv),
--- on_error(msg) for errors raised by on_event.
+-- on_error(msg) for errors raised by on_event, assemble (false: no
+-- done.content, constant memory; see the stream options).
 function M.chat_stream(client, req, on_event, opts)
   if not callable(on_event) then
     error("bad argument #3 to 'chat_stream' (function expected)", 2)
   end
-  local stream = client:open_stream(req)
+  local so
+  if opts and opts.assemble ~= nil then so = { assemble = opts.assemble } end
+  local stream = client:open_stream(req, so)
   return start(client, opts, { stream = stream, on_event = on_event, pump = pump_stream })
 end
 
