@@ -92,6 +92,24 @@ function M.http(status, body, headers, label)
   return M.new("http", (label or "server") .. " error (" .. tostring(status) .. "): " .. detail, e)
 end
 
+--- One stream event's JSON: the decoded object, or nil and the protocol
+-- Error that ends the stream (`what` names the unit: "event", "line").
+function M.decode_event(data, what)
+  local obj, msg = json.decode(data)
+  if type(obj) == "table" then return obj end
+  return nil, M.new("protocol", "malformed JSON in stream " .. (what or "event") .. ": " .. tostring(msg),
+                    { body = data:sub(1, BODY_CAP), code = "BAD_JSON" })
+end
+
+--- The http Error for an error object that arrives inside a 200 stream;
+-- the status is the object's numeric `code`, else `status` (default 500).
+function M.in_stream(data, eo, label, status)
+  local code = type(eo) == "table" and tonumber(eo.code)
+  local e = M.http(code and math.floor(code) or status or 500, data, nil, label)
+  e.in_stream = true
+  return e
+end
+
 local function scrub_string(s, secret)
   if type(s) ~= "string" then return s end
   local i, j = s:find(secret, 1, true)

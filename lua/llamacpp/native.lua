@@ -56,17 +56,9 @@ function M.decoder(opts)
 end
 
 function Decoder:feed(data, _, push)
-  local obj, msg = json.decode(data)
-  if type(obj) ~= "table" then
-    return errors.new("protocol", "malformed JSON in stream event: " .. tostring(msg),
-                      { body = data:sub(1, 4096), code = "BAD_JSON" })
-  end
-  if obj.error ~= nil then
-    local eo = obj.error
-    local e = errors.http(type(eo) == "table" and int(tonumber(eo.code)) or 500, data, nil, "llama-server")
-    e.in_stream = true
-    return e
-  end
+  local obj, err = errors.decode_event(data)
+  if not obj then return err end
+  if obj.error ~= nil then return errors.in_stream(data, obj.error, "llama-server") end
   local c = obj.content
   if type(c) == "string" and c ~= "" then
     self.content:add(c)

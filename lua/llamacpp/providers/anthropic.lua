@@ -303,18 +303,13 @@ function M.decoder(opts)
 end
 
 function Decoder:feed(data, name, push)
-  local obj, msg = json.decode(data)
-  if type(obj) ~= "table" then
-    return errors.new("protocol", "malformed JSON in stream event: " .. tostring(msg),
-                      { body = data:sub(1, 4096), code = "BAD_JSON" })
-  end
+  local obj, err = errors.decode_event(data)
+  if not obj then return err end
   local t = str(obj.type) or name
   if t == "ping" then return nil end
   if t == "error" then
     local eo = type(obj.error) == "table" and obj.error or {}
-    local e = errors.http(ERROR_STATUS[eo.type] or 500, data, nil, M.label)
-    e.in_stream = true
-    return e
+    return errors.in_stream(data, nil, M.label, ERROR_STATUS[eo.type])
   end
   if t == "message_start" then
     local m = type(obj.message) == "table" and obj.message or {}

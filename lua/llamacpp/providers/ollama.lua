@@ -274,16 +274,11 @@ function M.decoder(opts)
 end
 
 function Decoder:feed(data, _, push)
-  local obj, msg = json.decode(data)
-  if type(obj) ~= "table" then
-    return errors.new("protocol", "malformed JSON in stream line: " .. tostring(msg),
-                      { body = data:sub(1, 4096), code = "BAD_JSON" })
-  end
+  local obj, err = errors.decode_event(data, "line")
+  if not obj then return err end
   if obj.error ~= nil then
     -- a failure after the headers: {"error":"..."} on a line of its own
-    local e = errors.http(500, data, nil, M.label)
-    e.in_stream = true
-    return e
+    return errors.in_stream(data, nil, M.label)
   end
   if self.model == nil then self.model = str(obj.model) end
   local m = obj.message

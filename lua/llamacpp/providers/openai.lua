@@ -215,18 +215,9 @@ function M.variant(spec)
       self.finished = true
       return nil
     end
-    local obj, msg = json.decode(data)
-    if type(obj) ~= "table" then
-      return errors.new("protocol", "malformed JSON in stream event: " .. tostring(msg),
-                        { body = data:sub(1, 4096), code = "BAD_JSON" })
-    end
-    if obj.error ~= nil then
-      local eo = obj.error
-      local status = type(eo) == "table" and int(tonumber(eo.code)) or 500
-      local e = errors.http(status, data, nil, label)
-      e.in_stream = true
-      return e
-    end
+    local obj, err = errors.decode_event(data)
+    if not obj then return err end
+    if obj.error ~= nil then return errors.in_stream(data, obj.error, label) end
     if self.model == nil then self.model, self.id = str(obj.model), str(obj.id) end
     local choice = type(obj.choices) == "table" and obj.choices[1]
     if type(choice) == "table" then
