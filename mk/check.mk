@@ -1,0 +1,123 @@
+# Memory checks, fuzzing and the soak run (DESIGN.md section 6; issue 8).
+#   make asan          llamacpp.core with AddressSanitizer + UBSan, and the whole
+#                      spec suite under Lua 5.4 and LuaJIT on it; fails on any report
+#   make valgrind      the spec suite (VALGRIND_SPECS) under valgrind, Lua 5.4,
+#                      on the normal build; fails on a leak or an invalid access
+#   make fuzz          libFuzzer over the SSE/NDJSON parser for FUZZ_TIME seconds,
+#                      seeded with the fixtures and the regression cases
+#   make fuzz-regress  replays spec/c/fuzz_regress/* (every crash the fuzzer ever
+#                      found) through the fuzz target's checks, without clang
+#   make soak          the full-size soak (spec/soak/soak.lua): 100,000 requests
+#                      and 1,000,000 streamed events through one client
+#
+# Why a host program for ASan: Debian's lua5.4 and luajit are not instrumented,
+# and an instrumented module needs the ASan runtime loaded first. LD_PRELOAD
+# would do, but every child process would inherit it (fixture servers, Neovim,
+# luarocks). spec/c/luahost.c is a plain `lua SCRIPT ARGS` linked with
+# -fsanitize=address against the system's liblua5.4 / libluajit: the runtime is
+# in the executable, only the process running busted is checked, LeakSanitizer
+# runs at its exit (after lua_close has run every __gc).
+
+ASAN_LUAS ?= lua5.4 luajit
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+  -fno-sanitize-recover=undefined
+# leaks are checked at exit; a report makes busted's exit status non-zero
+ASAN_LOG = $(CURDIR)/build/asan/log
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=23:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:log_path=$(ASAN_LOG)/asan \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/c/lsan.supp:print_suppressions=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=24
+# lua5.4 -> 5.4, luajit -> luajit: the build directory names of the Makefile
+luav = $(if $(filter luajit,$(1)),luajit,$(patsubst lua%,%,$(1)))
+luainc = $(if $(filter luajit,$(1)),/usr/include/luajit-2.1,/usr/include/$(1))
+lualib = $(if $(filter luajit,$(1)),-lluajit-5.1,-l$(1))
+
+build/asan/%/llamacpp/core.so: $(SRC) $(HDR)
+	@mkdir -p $(@D)
+	$(CC) $(ASAN_FLAGS) -fPIC -fvisibility=hidden $(WARN) \
+	  -I$(call luainc,$(if $(filter luajit,$*),luajit,lua$*)) $(CURL_CFLAGS) \
+	  $(SRC) $(LIBFLAG) -o $@ $(CURL_LIBS)
+
+build/asan/luahost-%: spec/c/luahost.c
+	@mkdir -p $(@D)
+	$(CC) $(ASAN_FLAGS) $(WARN) -I$(call luainc,$*) $< -o $@ $(call lualib,$*)
+
+# build/asan/bin: `lua5.4` and `luajit` for the child processes the specs start
+# (fixture servers, scripts that load the module): they run checked too, and a
+# plain interpreter never meets the instrumented module.
+asan-build: $(foreach l,$(ASAN_LUAS),build/asan/luahost-$(l) build/asan/$(call luav,$(l))/llamacpp/core.so)
+	$(MAKE) -s all LUA=lua5.4
+	$(MAKE) -s all LUA=luajit
+	@mkdir -p build/asan/bin
+	@for l in $(ASAN_LUAS); do ln -sf ../luahost-$$l build/asan/bin/$$l; done
+
+# ASAN_SPECS: which spec files (default: all of spec/). Every report of any
+# process (busted or a child) lands in build/asan/log/ and fails the run.
+ASAN_SPECS ?=
+asan: asan-build
+	@rm -rf $(ASAN_LOG); mkdir -p $(ASAN_LOG)
+	@set -e; for l in $(ASAN_LUAS); do \
+	  v=$$(echo $$l | sed 's/^lua\([0-9]\)/\1/'); \
+	  echo "== busted under $$l, llamacpp.core with ASan+UBSan (build/asan/$$v)"; \
+	  PATH=$(CURDIR)/build/asan/bin:$$PATH $(ASAN_ENV) \
+	    build/asan/bin/$$l /usr/bin/busted --cpath="./build/asan/$$v/?.so" \
+	    -o utfTerminal $(ASAN_SPECS) || st=$$?; \
+	  if ls $(ASAN_LOG)/* >/dev/null 2>&1; then cat $(ASAN_LOG)/*; \
+	    echo "asan: sanitizer reports under $$l (above; files in $(ASAN_LOG))"; exit 1; fi; \
+	  if [ -n "$$st" ]; then echo "asan: busted failed under $$l (exit $$st)"; exit 1; fi; \
+	done; echo "asan: no sanitizer report"
+
+# Valgrind on the normal -O2 -g build, Lua 5.4 only (LuaJIT's JIT and its own
+# allocator need a valgrind-aware LuaJIT build; the ASan run covers LuaJIT).
+# Left out: nvim_spec (tests a Neovim process, with latency bounds that do not
+# hold under valgrind), install_spec (luarocks and gcc, other processes),
+# soak_spec (measures RSS: meaningless under valgrind). Everything else runs.
+VALGRIND_SPECS ?= $(filter-out spec/nvim_spec.lua spec/install_spec.lua spec/soak_spec.lua,$(wildcard spec/*_spec.lua))
+VALGRIND = valgrind --quiet --error-exitcode=25 --leak-check=full \
+  --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+  --track-origins=yes --keep-debuginfo=yes --suppressions=$(CURDIR)/spec/c/valgrind.supp
+valgrind:
+	$(MAKE) -s all LUA=lua5.4
+	LLAMACPP_UNDER_VALGRIND=1 $(VALGRIND) lua5.4 /usr/bin/busted -o utfTerminal $(VALGRIND_SPECS)
+
+# The parser's C test under ASan+UBSan and under valgrind (valgrind: ~4 min).
+build/asan/sse_test: src/sse.c src/sse.h spec/c/sse_test.c
+	@mkdir -p $(@D)
+	$(CC) $(ASAN_FLAGS) $(WARN) -Isrc src/sse.c spec/c/sse_test.c -o $@
+
+check-c-asan: build/asan/sse_test
+	$(ASAN_ENV) build/asan/sse_test spec/fixtures
+
+# {------ fuzzing ------
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 60
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_REGRESS = spec/c/fuzz_regress
+
+build/fuzz/sse_fuzz: src/sse.c src/sse.h spec/c/sse_fuzz.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Isrc src/sse.c spec/c/sse_fuzz.c -o $@
+
+# the same target without libFuzzer: a main() that runs files through it
+build/asan/sse_fuzz_replay: src/sse.c src/sse.h spec/c/sse_fuzz.c spec/c/fuzz_replay.c
+	@mkdir -p $(@D)
+	$(CC) $(ASAN_FLAGS) $(WARN) -Isrc src/sse.c spec/c/sse_fuzz.c spec/c/fuzz_replay.c -o $@
+
+fuzz-regress: build/asan/sse_fuzz_replay
+	$(ASAN_ENV) build/asan/sse_fuzz_replay $(FUZZ_REGRESS)/*
+
+# New inputs go to build/fuzz/corpus (kept between runs); a crash is written to
+# build/fuzz/crash-* and the run fails: copy it to spec/c/fuzz_regress/.
+fuzz: build/fuzz/sse_fuzz build/sse_test fuzz-regress
+	@mkdir -p build/fuzz/corpus build/fuzz/seed
+	build/sse_test spec/fixtures --write-corpus build/fuzz/seed >/dev/null
+	build/fuzz/sse_fuzz -max_total_time=$(FUZZ_TIME) -max_len=16384 -timeout=10 \
+	  -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build/fuzz/ \
+	  build/fuzz/corpus build/fuzz/seed $(FUZZ_REGRESS)
+# }------
+
+# The full-size soak: 100,000 sequential requests, 1,000,000 streamed events
+# through one client, RSS and /proc/self/fd sampled (spec/soak/README.md).
+soak: all
+	$(LUA) spec/soak/soak.lua --requests 100000 --events 1000000
+
+.PHONY: asan asan-build valgrind check-c-asan fuzz fuzz-regress soak
