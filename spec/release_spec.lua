@@ -11,6 +11,7 @@ end
 
 local function rockspec(path)
   local env = {}
+  local loadstring, setfenv = rawget(_G, "loadstring"), rawget(_G, "setfenv")   -- Lua 5.1
   local chunk = assert((loadstring or load)(read(path), "@" .. path, "t", env))
   if setfenv then setfenv(chunk, env) end
   chunk()
