@@ -69,6 +69,7 @@ struct Session {
   Transfer *head;          /* transfers attached to multi */
   struct pollfd *fds;      /* sockets libcurl asked us to watch */
   unsigned *serials;       /* per fds[i]: changes when the socket is new */
+  Transfer **owners;       /* per fds[i]: the transfer using it, or NULL */
   unsigned nextserial;
   int nfds, capfds;
   double timer_at;         /* libcurl's timer, monotonic ms; < 0: none */
@@ -270,6 +271,7 @@ static void lcpp_unwatch (Session *s, curl_socket_t fd) {
     s->nfds--;
     s->fds[i] = s->fds[s->nfds];
     s->serials[i] = s->serials[s->nfds];
+    s->owners[i] = s->owners[s->nfds];
     s->changed = 1;
   }
 }
@@ -279,7 +281,7 @@ static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
                           void *sp) {
   Session *s = (Session *)ud;
   int i;
-  (void)e; (void)sp;
+  (void)sp;
   if (what == CURL_POLL_REMOVE) {
     lcpp_unwatch(s, fd);
     return 0;
@@ -291,11 +293,15 @@ static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
       int cap = s->capfds ? 2 * s->capfds : 8;
       struct pollfd *p = (struct pollfd *)realloc(s->fds, cap * sizeof *p);
       unsigned *u;
+      Transfer **o;
       if (p == NULL) return -1;
       s->fds = p;
       u = (unsigned *)realloc(s->serials, cap * sizeof *u);
       if (u == NULL) return -1;
       s->serials = u;
+      o = (Transfer **)realloc(s->owners, cap * sizeof *o);
+      if (o == NULL) return -1;
+      s->owners = o;
       s->capfds = cap;
     }
     s->fds[s->nfds].fd = fd;
@@ -306,6 +312,11 @@ static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
   s->fds[i].events = (short)(((what & CURL_POLL_IN) ? POLLIN : 0) |
                              ((what & CURL_POLL_OUT) ? POLLOUT : 0));
   s->fds[i].revents = 0;
+  {
+    char *owner = NULL;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, &owner);
+    s->owners[i] = (Transfer *)(void *)owner;
+  }
   lcpp_epoll(s, fd, s->fds[i].events, EPOLL_CTL_MOD);
   return 0;
 }
@@ -334,8 +345,11 @@ static int lcpp_ontimer (CURLM *m, long ms, void *ud) {
 
 static void lcpp_detach (Transfer *t) {
   Session *s = t->session;
+  int i;
   if (s == NULL) return;
   curl_multi_remove_handle(s->multi, t->easy);
+  for (i = 0; i < s->nfds; i++)
+    if (s->owners[i] == t) s->owners[i] = NULL;
   if (t->prev) t->prev->next = t->next; else s->head = t->next;
   if (t->next) t->next->prev = t->prev;
   t->prev = t->next = NULL;
@@ -404,6 +418,19 @@ static void lcpp_expire (Session *s, double now) {
 }
 
 
+/* Bytes arrived on fd: whatever they are (chunk framing too, which
+   libcurl's callbacks never show), its transfer is not idle. */
+static void lcpp_activity (Session *s, curl_socket_t fd) {
+  int i;
+  for (i = 0; i < s->nfds; i++) {
+    if (s->fds[i].fd == fd) {
+      if (s->owners[i] != NULL) s->owners[i]->tlast = lcpp_now();
+      return;
+    }
+  }
+}
+
+
 /* What is due once sockets were served: libcurl's timer, our timeouts,
    and the transfers libcurl finished. */
 static void lcpp_timers (Session *s) {
@@ -447,7 +474,10 @@ static int lcpp_step (Session *s, double wait_ms) {
     for (i = 0; i < nready; i++) {
       int flags = 0, running;
       short r = ready[i].revents;
-      if (r & (POLLIN | POLLHUP)) flags |= CURL_CSELECT_IN;
+      if (r & (POLLIN | POLLHUP)) {
+        flags |= CURL_CSELECT_IN;
+        lcpp_activity(s, ready[i].fd);
+      }
       if (r & POLLOUT) flags |= CURL_CSELECT_OUT;
       if (r & (POLLERR | POLLNVAL)) flags |= CURL_CSELECT_ERR;
       curl_multi_socket_action(s->multi, ready[i].fd, flags, &running);
@@ -906,8 +936,10 @@ static int session_close (lua_State *L) {
   s->multi = NULL;
   free(s->fds);
   free(s->serials);
+  free(s->owners);
   s->fds = NULL;
   s->serials = NULL;
+  s->owners = NULL;
   s->nfds = s->capfds = 0;
   return 0;
 }
@@ -1183,7 +1215,10 @@ static void lcpp_epoll_act (Session *s) {
   n = epoll_wait(s->epfd, evs, 32, 0);
   for (i = 0; i < n; i++) {
     int flags = 0;
-    if (evs[i].events & (EPOLLIN | EPOLLHUP)) flags |= CURL_CSELECT_IN;
+    if (evs[i].events & (EPOLLIN | EPOLLHUP)) {
+      flags |= CURL_CSELECT_IN;
+      lcpp_activity(s, evs[i].data.fd);
+    }
     if (evs[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
     if (evs[i].events & EPOLLERR) flags |= CURL_CSELECT_ERR;
     curl_multi_socket_action(s->multi, evs[i].data.fd, flags, &running);
@@ -1206,7 +1241,10 @@ static int session_act (lua_State *L) {
     curl_socket_t fd = (curl_socket_t)luaL_checkinteger(L, 2);
     const char *ev = luaL_optstring(L, 3, "r");
     int flags = 0, running;
-    if (strchr(ev, 'r')) flags |= CURL_CSELECT_IN;
+    if (strchr(ev, 'r')) {
+      flags |= CURL_CSELECT_IN;
+      lcpp_activity(s, fd);
+    }
     if (strchr(ev, 'w')) flags |= CURL_CSELECT_OUT;
     if (strchr(ev, 'e')) flags |= CURL_CSELECT_ERR;
     curl_multi_socket_action(s->multi, fd, flags, &running);
