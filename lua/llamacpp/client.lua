@@ -23,8 +23,10 @@ local function load_provider(name)
 end
 M.load_provider = load_provider
 
--- API keys live here, not on the client table: a client printed with
--- vim.inspect() or serialised by a debugger shows no key.
+-- API keys live here, not on the client, transfer or stream tables: a
+-- client or stream printed with vim.inspect() or serialised by a
+-- debugger shows no key. Keyed by client (its api_key option), and by
+-- transfer and stream (the key a request used, for scrubbing errors).
 local secrets = setmetatable({}, { __mode = "k" })
 
 local OPTIONS = {
@@ -177,7 +179,9 @@ function Client:_open(method, path, body, framing, template)
   local o = { url = self.url .. path, method = method, body = body,
               headers = h, framing = framing, template = template }
   for k, v in pairs(self.transfer_opts) do o[k] = v end
-  return self.session:open(o), key
+  local t = self.session:open(o)
+  secrets[t] = key
+  return t
 end
 
 -- Completes an Error from the core or a provider: who, where, the
@@ -203,17 +207,18 @@ function Client:_error(e, key, partial, nevents)
   return errors.scrub(e, key)
 end
 
--- Starts a request whose answer is read whole: the transfer and the key
--- it used, for _complete once the transfer has ended.
+-- Starts a request whose answer is read whole: the transfer, for
+-- _complete once it has ended.
 function Client:_begin(method, path, body_table)
   local body = body_table ~= nil and json.encode(body_table) or nil
   return self:_open(method, path, body, nil)
 end
 
 -- The end of a _begin transfer: decoded JSON (or the raw body when
--- `raw`) and the status; or nil, Error. `err` is what the
--- transfer ended with, if anything.
-function Client:_complete(t, key, err, raw)
+-- `raw`; or what parse(obj) makes of the JSON) and the status; or nil,
+-- Error. `err` is what the transfer ended with, if anything.
+function Client:_complete(t, err, raw, parse)
+  local key = secrets[t]
   if err then
     t:close()
     return nil, self:_error(err, key)
@@ -231,15 +236,20 @@ function Client:_complete(t, key, err, raw)
     return nil, self:_error(errors.new("protocol", "invalid JSON in the answer: " .. msg,
                                        { status = status, body = body:sub(1, 4096) }), key)
   end
+  if parse then
+    local res, perr = parse(obj)
+    if not res then return nil, self:_error(perr, key) end
+    return res, status
+  end
   return obj, status
 end
 
 -- Runs a request to its end (blocking): see _complete.
-function Client:_request(method, path, body_table, raw)
-  local t, key = self:_begin(method, path, body_table)
+function Client:_request(method, path, body_table, raw, parse)
+  local t = self:_begin(method, path, body_table)
   local more, err
   repeat more, err = t:next() until more == nil
-  return self:_complete(t, key, err, raw)
+  return self:_complete(t, err, raw, parse)
 end
 
 --- One chat completion.
@@ -257,10 +267,8 @@ function Client:chat(req)
     error("bad argument #1 to 'chat' (table expected, got " .. type(req) .. ")", 2)
   end
   local p = self.provider
-  local obj, err = self:_request("POST", p.chat_path, p.chat_body(req, false, self.model))
-  if not obj then return nil, err end
-  local res, perr = p.parse_chat(obj)
-  if not res then return nil, self:_error(perr) end
+  local res, err = self:_request("POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
+  if not res then return nil, err end
   res.provider = p.name
   return res
 end
@@ -330,7 +338,7 @@ end
 function Stream:_fail(e)
   local c = self.client
   self:_finish({ type = "error",
-                 error = c:_error(e, self.key, self.dec:partial(), self.nevents) })
+                 error = c:_error(e, secrets[self], self.dec:partial(), self.nevents) })
 end
 
 -- The transfer ended without a transport error: judge what came.
@@ -443,16 +451,17 @@ function Client:open_stream(req, opts)
   opts = check_stream_opts(opts, "open_stream")
   local p = self.provider
   local body = json.encode(p.chat_body(req, true, self.model))
-  local t, key = self:_open("POST", p.chat_path, body, p.framing, p.template)
-  return self:_stream(t, key, p.decoder(opts))
+  local t = self:_open("POST", p.chat_path, body, p.framing, p.template)
+  return self:_stream(t, p.decoder(opts))
 end
 
 -- A Stream over transfer t, read with decoder dec.
-function Client:_stream(t, key, dec)
-  local s = setmetatable({ client = self, t = t, key = key, dec = dec,
+function Client:_stream(t, dec)
+  local s = setmetatable({ client = self, t = t, dec = dec,
                            q = {}, qh = 1, qt = 0, nevents = 0,
                            ended = false, closed = false }, Stream)
   s.push = function(ev) s:_push(ev) end
+  secrets[s] = secrets[t]
   self.streams[s] = true
   return s
 end
@@ -614,16 +623,14 @@ local function native_body(fname, req, stream, need)
 end
 
 function Client:_native(path, body)
-  local obj, err = self:_request("POST", path, body)
-  if not obj then return nil, err end
-  local res, perr = native.result(obj)
-  if not res then return nil, self:_error(perr) end
+  local res, err = self:_request("POST", path, body, false, native.result)
+  if not res then return nil, err end
   return res
 end
 
 function Client:_native_stream(path, body, opts)
-  local t, key = self:_open("POST", path, json.encode(body), "sse")
-  local s = self:_stream(t, key, native.decoder(opts))
+  local t = self:_open("POST", path, json.encode(body), "sse")
+  local s = self:_stream(t, native.decoder(opts))
   return function() return s:next() end, s, nil, s
 end
 

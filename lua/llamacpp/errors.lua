@@ -120,18 +120,29 @@ local function scrub_string(s, secret)
   return s
 end
 
---- Removes every occurrence of `secret` from the string fields of `e`
--- (a server may echo a request header back in its error body).
-function M.scrub(e, secret)
-  if type(secret) ~= "string" or #secret < 4 then return e end
-  for k, v in pairs(e) do
-    if type(v) == "string" then e[k] = scrub_string(v, secret) end
-  end
-  if type(e.server) == "table" then
-    for k, v in pairs(e.server) do
-      if type(v) == "string" then e.server[k] = scrub_string(v, secret) end
+local function scrub_table(t, secret, seen)
+  if seen[t] then return end
+  seen[t] = true
+  local renamed
+  for k, v in pairs(t) do
+    if type(v) == "string" then t[k] = scrub_string(v, secret)
+    elseif type(v) == "table" then scrub_table(v, secret, seen) end
+    if type(k) == "string" and k:find(secret, 1, true) then   -- a key holding the secret
+      renamed = renamed or {}
+      renamed[k] = true
     end
   end
+  for k in pairs(renamed or {}) do     -- no new keys during the traversal above
+    t[scrub_string(k, secret)], t[k] = t[k], nil
+  end
+end
+
+--- Removes every occurrence of `secret` from the strings of `e`, nested
+-- tables too (a server may echo a request header back in its error body,
+-- anywhere in its JSON).
+function M.scrub(e, secret)
+  if type(secret) ~= "string" or #secret < 4 then return e end
+  scrub_table(e, secret, {})
   return e
 end
 

@@ -215,7 +215,7 @@ local function pump_whole(h)
   if more == false then return end
   while more do more, err = t:take() end     -- a whole answer has no events
   h:finish()
-  local res, e = h.complete(t, h.key, err)
+  local res, e = h.complete(t, err)
   h:call(h.on_done, res, e)
 end
 
@@ -272,16 +272,14 @@ function M.chat(client, req, on_done, opts)
     error("bad argument #2 to 'chat' (table expected, got " .. type(req) .. ")", 2)
   end
   local p = client.provider
-  local t, key = client:_begin("POST", p.chat_path, p.chat_body(req, false, client.model))
-  local function complete(tt, k, err)
-    local obj, e = client:_complete(tt, k, err)
-    if not obj then return nil, e end
-    local res, perr = p.parse_chat(obj)
-    if not res then return nil, client:_error(perr, k) end
+  local t = client:_begin("POST", p.chat_path, p.chat_body(req, false, client.model))
+  local function complete(tt, err)
+    local res, e = client:_complete(tt, err, false, p.parse_chat)
+    if not res then return nil, e end
     res.provider = p.name
     return res
   end
-  return start(client, opts, { t = t, key = key, on_done = on_done,
+  return start(client, opts, { t = t, on_done = on_done,
                                complete = complete, pump = pump_whole })
 end
 
