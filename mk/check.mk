@@ -23,7 +23,7 @@ ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
   -fno-sanitize-recover=undefined
 # leaks are checked at exit; a report makes busted's exit status non-zero
 ASAN_LOG = $(CURDIR)/build/asan/log
-ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=23:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:log_path=$(ASAN_LOG)/asan \
+ASAN_ENV = LLAMACPP_UNDER_ASAN=1 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=23:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:log_path=$(ASAN_LOG)/asan \
   LSAN_OPTIONS=suppressions=$(CURDIR)/spec/c/lsan.supp:print_suppressions=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=24
 # lua5.4 -> 5.4, luajit -> luajit: the build directory names of the Makefile

@@ -15,6 +15,14 @@ function M.available()
   return status() ~= nil
 end
 
+--- True when memory measures mean something: /proc is there and the
+-- process runs neither under valgrind nor with the sanitizers (make valgrind,
+-- make asan set these variables; their allocators keep freed memory).
+function M.measurable()
+  return status() ~= nil and not os.getenv("LLAMACPP_UNDER_VALGRIND")
+         and not os.getenv("LLAMACPP_UNDER_ASAN")
+end
+
 --- Resident set size, KiB.
 function M.rss_kb()
   local s = status()
