@@ -258,6 +258,58 @@ static size_t same_splits (int mode, size_t max, const char *s, size_t n,
 /* }====== */
 
 
+/* {====== fuzz regressions ====== */
+
+/*
+** spec/c/fuzz_regress/: inputs the fuzzer made fail once (or that look
+** for the same trouble). Each is fed in both modes with the default bound
+** and a tiny one: whole, split at every position, byte by byte; the
+** events and the result must not depend on the split (run() checks the
+** memory bound on the way). The fuzz target's own checks replay them too:
+** make fuzz-regress.
+*/
+static void test_regress (const char *dir) {
+  static const size_t maxes[] = { 0, 7 };
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  char path[4096 + 260];             /* dir, '/', a name of up to 255 */
+  size_t nfiles = 0;
+  if (d == NULL) return;             /* none: nothing to replay */
+  while ((e = readdir(d)) != NULL) {
+    buf in = { NULL, 0, 0 };
+    int mode;
+    size_t m;
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    if (read_file(path, &in) != 0) { fail("cannot read %s", path); continue; }
+    nfiles++;
+    for (mode = LCPP_SSE; mode <= LCPP_NDJSON; mode++) {
+      for (m = 0; m < sizeof(maxes) / sizeof(maxes[0]); m++) {
+        rec r;
+        outcome o;
+        size_t bad, first = 0;
+        memset(&r, 0, sizeof(r));
+        o = run(mode, maxes[m], in.p, in.n, NULL, 0, &r);
+        bad = in.n > 1 ? same_splits(mode, maxes[m], in.p, in.n, &r.out, r.nev,
+                                     o, &first) : 0;
+        check(bad == 0, "regression %s (mode %d, max %zu): %zu split "
+              "positions differ, first at %zu", e->d_name, mode, maxes[m],
+              bad, first);
+        check(same_step(mode, maxes[m], in.p, in.n, 1, &r.out, r.nev, o),
+              "regression %s (mode %d, max %zu): byte-at-a-time differs",
+              e->d_name, mode, maxes[m]);
+        buf_free(&r.out);
+      }
+    }
+    buf_free(&in);
+  }
+  closedir(d);
+  check(nfiles > 0, "no regression inputs in %s", dir);
+}
+
+/* }====== */
+
+
 /* {====== fixtures ====== */
 
 static int lc_prefix (const char *s, size_t n, const char *pre) {
@@ -814,6 +866,11 @@ int main (int argc, char **argv) {
     return 2;
   }
   test_fixtures(argv[1], corpus);
+  {   /* FIXTURES_DIR/../c/fuzz_regress, i.e. spec/c/fuzz_regress */
+    char rdir[4096];
+    snprintf(rdir, sizeof(rdir), "%s/../c/fuzz_regress", argv[1]);
+    test_regress(rdir);
+  }
   test_cases();
   test_oversize();
   test_abort();
