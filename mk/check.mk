@@ -19,8 +19,8 @@
 # runs at its exit (after lua_close has run every __gc).
 
 ASAN_LUAS ?= lua5.4 luajit
-ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
-  -fno-sanitize-recover=undefined
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow \
+  -fno-sanitize-recover=all
 # leaks are checked at exit; a report makes busted's exit status non-zero
 ASAN_LOG = $(CURDIR)/build/asan/log
 ASAN_ENV = LLAMACPP_UNDER_ASAN=1 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=23:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:log_path=$(ASAN_LOG)/asan \
@@ -31,13 +31,13 @@ luav = $(if $(filter luajit,$(1)),luajit,$(patsubst lua%,%,$(1)))
 luainc = $(if $(filter luajit,$(1)),/usr/include/luajit-2.1,/usr/include/$(1))
 lualib = $(if $(filter luajit,$(1)),-lluajit-5.1,-l$(1))
 
-build/asan/%/llamacpp/core.so: $(SRC) $(HDR)
+build/asan/%/llamacpp/core.so: $(SRC) $(HDR) mk/check.mk
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_FLAGS) -fPIC -fvisibility=hidden $(WARN) \
 	  -I$(call luainc,$(if $(filter luajit,$*),luajit,lua$*)) $(CURL_CFLAGS) \
 	  $(SRC) $(LIBFLAG) -o $@ $(CURL_LIBS)
 
-build/asan/luahost-%: spec/c/luahost.c
+build/asan/luahost-%: spec/c/luahost.c mk/check.mk
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_FLAGS) $(WARN) -I$(call luainc,$*) $< -o $@ $(call lualib,$*)
 
@@ -80,7 +80,7 @@ valgrind:
 	LLAMACPP_UNDER_VALGRIND=1 $(VALGRIND) lua5.4 /usr/bin/busted -o utfTerminal $(VALGRIND_SPECS)
 
 # The parser's C test under ASan+UBSan and under valgrind (valgrind: ~4 min).
-build/asan/sse_test: src/sse.c src/sse.h spec/c/sse_test.c
+build/asan/sse_test: src/sse.c src/sse.h spec/c/sse_test.c mk/check.mk
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_FLAGS) $(WARN) -Isrc src/sse.c spec/c/sse_test.c -o $@
 
@@ -98,7 +98,7 @@ build/fuzz/sse_fuzz: src/sse.c src/sse.h spec/c/sse_fuzz.c
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Isrc src/sse.c spec/c/sse_fuzz.c -o $@
 
 # the same target without libFuzzer: a main() that runs files through it
-build/asan/sse_fuzz_replay: src/sse.c src/sse.h spec/c/sse_fuzz.c spec/c/fuzz_replay.c
+build/asan/sse_fuzz_replay: src/sse.c src/sse.h spec/c/sse_fuzz.c spec/c/fuzz_replay.c mk/check.mk
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_FLAGS) $(WARN) -Isrc src/sse.c spec/c/sse_fuzz.c spec/c/fuzz_replay.c -o $@
 
