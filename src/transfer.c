@@ -14,6 +14,8 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <limits.h>
+#include <stdint.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -459,6 +461,7 @@ static int lcpp_step (Session *s, double wait_ms) {
     if (wait_ms < 0 || d < wait_ms) wait_ms = d;
   }
   if (wait_ms < 0 && s->nfds == 0) wait_ms = 1000;   /* cannot happen; be safe */
+  if (wait_ms > 86400000.0) wait_ms = 86400000.0;   /* a day: the loop goes on */
   ms = wait_ms < 0 ? -1 : (int)wait_ms + ((double)(int)wait_ms < wait_ms);
   n = poll(s->fds, (nfds_t)s->nfds, ms);
   if (n < 0 && errno != EINTR) return -1;
@@ -725,7 +728,7 @@ static int lcpp_end (lua_State *L, Transfer *t) {
       break;
     case FAIL_FRAME:
       if (t->frame.error == LCPP_FRAME_EOVERSIZE) {
-        lua_pushfstring(L, "event larger than %d bytes", (int)t->frame.max_event);
+        lua_pushfstring(L, "event larger than %f bytes", (lua_Number)t->frame.max_event);
         lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
         lua_remove(L, -2);
         lcpp_setstring(L, "code", "EVENT_TOO_LARGE");
@@ -733,7 +736,7 @@ static int lcpp_end (lua_State *L, Transfer *t) {
         lcpp_newerror(L, "protocol", "out of memory while parsing events", 0);
       break;
     case FAIL_BODY:
-      lua_pushfstring(L, "response body larger than %d bytes", (int)t->maxbody);
+      lua_pushfstring(L, "response body larger than %f bytes", (lua_Number)t->maxbody);
       lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
       lua_remove(L, -2);
       lcpp_setstring(L, "code", "BODY_TOO_LARGE");
@@ -744,9 +747,8 @@ static int lcpp_end (lua_State *L, Transfer *t) {
       break;
     case FAIL_FIRSTBYTE: case FAIL_IDLE: {
       int first = t->fail == FAIL_FIRSTBYTE;
-      lua_pushfstring(L, first ? "no reply within %d ms"
-                      : "no data for %d ms", (int)(first ? t->first_byte_ms
-                                                   : t->idle_ms));
+      lua_pushfstring(L, first ? "no reply within %f ms" : "no data for %f ms",
+                      (lua_Number)(first ? t->first_byte_ms : t->idle_ms));
       lcpp_newerror(L, "timeout", lua_tostring(L, -1), 1);
       lua_remove(L, -2);
       lcpp_setstring(L, "code", "OPERATION_TIMEDOUT");
@@ -781,6 +783,7 @@ static int lcpp_end (lua_State *L, Transfer *t) {
 static int transfer_next (lua_State *L) {
   Transfer *t = checkopen(L, 1);
   lua_Number tmo = luaL_optnumber(L, 2, -1);
+  luaL_argcheck(L, tmo == tmo, 2, "timeout is NaN");
   double deadline = tmo < 0 ? -1 : lcpp_now() + (double)tmo;
   for (;;) {
     if (t->qhead < t->q.len) return lcpp_pop(L, t);
@@ -945,6 +948,21 @@ static int session_close (lua_State *L) {
 }
 
 
+/* Above any timeout (about 31 years in ms) or size we can honour, and
+   below LONG_MAX of 64-bit longs and SIZE_MAX: see lcpp_tolong. */
+#define LCPP_MAXOPT 1e12
+
+
+static long lcpp_tolong (double v) {
+  return v >= (double)LONG_MAX ? LONG_MAX : (long)v;
+}
+
+
+static size_t lcpp_tosize (double v) {
+  return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
+}
+
+
 /* Reads opts[k] as a number of milliseconds; 0 or absent means none. */
 static double lcpp_optms (lua_State *L, int opts, const char *k) {
   double v;
@@ -953,8 +971,11 @@ static double lcpp_optms (lua_State *L, int opts, const char *k) {
   if (!lua_isnumber(L, -1)) luaL_error(L, "option '%s' must be a number", k);
   v = (double)lua_tonumber(L, -1);
   lua_pop(L, 1);
+  if (v != v) luaL_error(L, "option '%s' is NaN", k);
   if (v < 0) luaL_error(L, "option '%s' must not be negative", k);
-  return v;
+  /* huge values (math.huge too) mean no limit in practice: clamp them
+     where a conversion to an integer type would overflow */
+  return v > LCPP_MAXOPT ? LCPP_MAXOPT : v;
 }
 
 
@@ -1043,9 +1064,9 @@ static int session_open (lua_State *L) {
   }
   v = lcpp_optms(L, 2, "max_event");
   lcpp_frame_init(&t->frame, t->framing == LCPP_NDJSON ? LCPP_NDJSON : LCPP_SSE,
-                  (size_t)v);
+                  lcpp_tosize(v));
   v = lcpp_optms(L, 2, "max_body");
-  t->maxbody = v > 0 ? (size_t)v : DEFAULT_MAXBODY;
+  t->maxbody = v > 0 ? lcpp_tosize(v) : DEFAULT_MAXBODY;
   t->first_byte_ms = lcpp_optms(L, 2, "first_byte_timeout");
   t->idle_ms = lcpp_optms(L, 2, "idle_timeout");
   t->total_ms = lcpp_optms(L, 2, "timeout");
@@ -1105,9 +1126,9 @@ static int session_open (lua_State *L) {
   }
   if (method != NULL && strcmp(method, t->body ? "POST" : "GET") != 0)
     SETOPT(CURLOPT_CUSTOMREQUEST, method);
-  if (t->total_ms > 0) SETOPT(CURLOPT_TIMEOUT_MS, (long)t->total_ms);
+  if (t->total_ms > 0) SETOPT(CURLOPT_TIMEOUT_MS, lcpp_tolong(t->total_ms));
   v = lcpp_optms(L, 2, "connect_timeout");
-  if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)v);
+  if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, lcpp_tolong(v));
   if ((str = lcpp_optstr(L, 2, "proxy", NULL)) != NULL) SETOPT(CURLOPT_PROXY, str);
   if ((str = lcpp_optstr(L, 2, "ca_file", NULL)) != NULL) SETOPT(CURLOPT_CAINFO, str);
   if ((str = lcpp_optstr(L, 2, "ca_path", NULL)) != NULL) SETOPT(CURLOPT_CAPATH, str);
@@ -1139,6 +1160,7 @@ static int session_open (lua_State *L) {
 static int session_step (lua_State *L) {
   Session *s = checksession(L, 1);
   lua_Number tmo = luaL_optnumber(L, 2, 0);
+  luaL_argcheck(L, tmo == tmo, 2, "timeout is NaN");
   int n = 0;
   Transfer *t;
   if (s->head != NULL) lcpp_step(s, (double)tmo);

@@ -102,7 +102,9 @@ function M.new(opts)
     elseif type(v) ~= want then
       error("option '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")", 2)
     end
-    if want == "number" and v < 0 then error("option '" .. k .. "' must not be negative", 2) end
+    if want == "number" and not (v >= 0) then
+      error("option '" .. k .. "' must be a number >= 0 (got " .. tostring(v) .. ")", 2)
+    end
   end
   local pname = opts.provider or "llamacpp"
   local provider = load_provider(pname)
