@@ -388,6 +388,63 @@ describe("hostile servers", function()
     assert.truthy(n > 0, "no regression inputs in " .. dir)
   end)
 
+  -- A small fuzzer of the whole stack (libcurl, the core, the decoders of
+  -- every provider): captures with random bytes flipped, cut, repeated or
+  -- inserted. Seeded, so a failure names a case that can be replayed;
+  -- LLAMACPP_MANGLE=N runs N cases instead of 300 (make asan runs these
+  -- under the sanitizers too).
+  it("randomly mangled captures end in a result or an Error, through every provider", function()
+    local util = require "spec.util"
+    local names = { "chat_stream_usage", "chat_nonstream", "chat_tools_stream", "tc_two_tools_stream",
+                    "chat_stream_midstream_error", "err_context_exceeded", "auth_missing_key",
+                    "chat_unicode_stream", "completion_native_stream", "anthropic_stream",
+                    "ollama_chat_stream", "openai_tools_stream" }
+    local providers = { "llamacpp", "openai", "anthropic", "ollama" }
+    local TOKENS = { "\r\n", "\n\n", "data: ", ":", "0\r\n\r\n", "ffffffff\r\n", "\"", "{", "}",
+                     "[DONE]", "event: error\n", "\0", "\255\254", "\r" }
+    local seed = 20240601
+    local function rnd(n)               -- deterministic on every Lua: an LCG
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return 1 + seed % n
+    end
+    local function mangle(s)
+      for _ = 1, rnd(4) do
+        if #s < 2 then s = s .. "HTTP/1.1 200 OK\r\n" end
+        local op, i = rnd(6), rnd(#s)
+        if op == 1 then s = s:sub(1, i - 1) .. string.char(rnd(256) - 1) .. s:sub(i + 1)
+        elseif op == 2 then s = s:sub(1, i - 1) .. s:sub(i + rnd(50))
+        elseif op == 3 then
+          local j = math.min(#s, i + rnd(80))
+          s = s:sub(1, j) .. s:sub(i, j) .. s:sub(j + 1)
+        elseif op == 4 then
+          local junk = {}
+          for k = 1, rnd(20) do junk[k] = string.char(rnd(256) - 1) end
+          s = s:sub(1, i) .. table.concat(junk) .. s:sub(i + 1)
+        elseif op == 5 then s = s:sub(1, i)
+        else s = s:sub(1, i) .. TOKENS[rnd(#TOKENS)] .. s:sub(i + 1) end
+      end
+      return s
+    end
+    local n = tonumber(os.getenv("LLAMACPP_MANGLE") or "") or 300
+    for k = 1, n do
+      local name, provider = names[rnd(#names)], providers[rnd(#providers)]
+      srv:write("h_mangled", mangle(util.fixture(name)))
+      local c = client(srv:replay("h_mangled", "close"),
+                       { provider = provider, idle_timeout = 2, first_byte_timeout = 2 })
+      local case = ("case %d (%s through %s)"):format(k, name, provider)
+      local ok, res, err = pcall(c.chat, c, { messages = MSGS, model = "m" })
+      assert(ok, case .. ": chat raised " .. tostring(res))
+      assert.truthy(res or errors.is(err), case)
+      local last
+      ok, err = pcall(function()
+        for ev in c:chat_stream{ messages = MSGS, model = "m" } do last = ev end
+      end)
+      assert(ok, case .. ": the stream raised " .. tostring(err))
+      assert.truthy(last and (last.type == "done" or (last.type == "error" and errors.is(last.error))),
+                    case .. ": ended with " .. tostring(last and last.type))
+    end
+  end)
+
   -- Numbers from the caller reach C as doubles and are converted to long,
   -- int and size_t: out of range (or NaN) that conversion is undefined
   -- behaviour (C99 6.3.1.4). Only `make asan` (float-cast-overflow) sees it.
