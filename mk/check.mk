@@ -55,16 +55,18 @@ asan-build: $(foreach l,$(ASAN_LUAS),build/asan/luahost-$(l) build/asan/$(call l
 ASAN_SPECS ?=
 asan: asan-build
 	@rm -rf $(ASAN_LOG); mkdir -p $(ASAN_LOG)
-	@set -e; for l in $(ASAN_LUAS); do \
+	@fail=; for l in $(ASAN_LUAS); do \
 	  v=$$(echo $$l | sed 's/^lua\([0-9]\)/\1/'); \
 	  echo "== busted under $$l, llamacpp.core with ASan+UBSan (build/asan/$$v)"; \
 	  PATH=$(CURDIR)/build/asan/bin:$$PATH $(ASAN_ENV) \
 	    build/asan/bin/$$l /usr/bin/busted --cpath="./build/asan/$$v/?.so" \
-	    -o utfTerminal $(ASAN_SPECS) || st=$$?; \
-	  if ls $(ASAN_LOG)/* >/dev/null 2>&1; then cat $(ASAN_LOG)/*; \
-	    echo "asan: sanitizer reports under $$l (above; files in $(ASAN_LOG))"; exit 1; fi; \
-	  if [ -n "$$st" ]; then echo "asan: busted failed under $$l (exit $$st)"; exit 1; fi; \
-	done; echo "asan: no sanitizer report"
+	    -o utfTerminal $(ASAN_SPECS) || fail="$$fail busted-$$l"; \
+	  if ls $(ASAN_LOG)/asan.* >/dev/null 2>&1; then cat $(ASAN_LOG)/asan.*; \
+	    mkdir -p $(ASAN_LOG)/$$l; mv $(ASAN_LOG)/asan.* $(ASAN_LOG)/$$l/; \
+	    fail="$$fail sanitizer-$$l"; fi; \
+	done; \
+	if [ -n "$$fail" ]; then echo "asan: FAILED:$$fail (reports in $(ASAN_LOG))"; exit 1; fi; \
+	echo "asan: no sanitizer report, every spec passed"
 
 # Valgrind on the normal -O2 -g build, Lua 5.4 only (LuaJIT's JIT and its own
 # allocator need a valgrind-aware LuaJIT build; the ASan run covers LuaJIT).
