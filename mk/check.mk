@@ -26,6 +26,9 @@ ASAN_LOG = $(CURDIR)/build/asan/log
 ASAN_ENV = LLAMACPP_UNDER_ASAN=1 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=23:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:log_path=$(ASAN_LOG)/asan \
   LSAN_OPTIONS=suppressions=$(CURDIR)/spec/c/lsan.supp:print_suppressions=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=24
+# for the C programs: reports on stderr, a non-zero exit
+ASAN_C_ENV = ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # lua5.4 -> 5.4, luajit -> luajit: the build directory names of the Makefile
 luav = $(if $(filter luajit,$(1)),luajit,$(patsubst lua%,%,$(1)))
 luainc = $(if $(filter luajit,$(1)),/usr/include/luajit-2.1,/usr/include/$(1))
@@ -87,15 +90,15 @@ build/asan/sse_test: src/sse.c src/sse.h spec/c/sse_test.c mk/check.mk
 	$(CC) $(ASAN_FLAGS) $(WARN) -Isrc src/sse.c spec/c/sse_test.c -o $@
 
 check-c-asan: build/asan/sse_test
-	$(ASAN_ENV) build/asan/sse_test spec/fixtures
+	$(ASAN_C_ENV) build/asan/sse_test spec/fixtures
 
 # {------ fuzzing ------
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
-FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all
 FUZZ_REGRESS = spec/c/fuzz_regress
 
-build/fuzz/sse_fuzz: src/sse.c src/sse.h spec/c/sse_fuzz.c
+build/fuzz/sse_fuzz: src/sse.c src/sse.h spec/c/sse_fuzz.c mk/check.mk
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Isrc src/sse.c spec/c/sse_fuzz.c -o $@
 
@@ -105,7 +108,7 @@ build/asan/sse_fuzz_replay: src/sse.c src/sse.h spec/c/sse_fuzz.c spec/c/fuzz_re
 	$(CC) $(ASAN_FLAGS) $(WARN) -Isrc src/sse.c spec/c/sse_fuzz.c spec/c/fuzz_replay.c -o $@
 
 fuzz-regress: build/asan/sse_fuzz_replay
-	$(ASAN_ENV) build/asan/sse_fuzz_replay $(FUZZ_REGRESS)/*
+	$(ASAN_C_ENV) build/asan/sse_fuzz_replay $(FUZZ_REGRESS)/*
 
 # New inputs go to build/fuzz/corpus (kept between runs); a crash is written to
 # build/fuzz/crash-* and the run fails: copy it to spec/c/fuzz_regress/.

@@ -26,7 +26,8 @@ describe("object lifetimes", function()
   end
 
   local function aborts_since(seq, timeout_s, want)
-    local n, deadline = 0, os.time() + (timeout_s or 5)
+    local n, deadline
+    deadline = os.time() + (timeout_s or 5)
     repeat
       n = 0
       for _, r in ipairs(srv:log(seq)) do

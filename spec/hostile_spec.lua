@@ -279,7 +279,8 @@ describe("hostile servers", function()
   end)
 
   it("a lone surrogate escape is a protocol error, the content before it kept", function()
-    local ev = '{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a\\udc00b"},"finish_reason":null}]}'
+    local ev = '{"object":"chat.completion.chunk","choices":[{"index":0,' ..
+               '"delta":{"content":"a\\udc00b"},"finish_reason":null}]}'
     srv:write("h_surrogate", fixture.http_response(200, SSE, nil,
       { chunks = { HELLO, fixture.sse_body{ ev }, ENDING } }))
     local last, text = run(client(srv:replay("h_surrogate")))
@@ -350,7 +351,7 @@ describe("hostile servers", function()
       assert.equal("first_byte", err.phase)
     end)
 
-    it("without first_byte_timeout, idle_timeout does not apply before the first byte: the total timeout does", function()
+    it("without first_byte_timeout, idle_timeout does not apply before the first byte: total does", function()
       local res, err = client(srv:replay("chat_nonstream", "stall=0"),
                               { idle_timeout = 1, timeout = 2 }):chat{ messages = MSGS }
       assert.is_nil(res)

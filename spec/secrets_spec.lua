@@ -43,8 +43,9 @@ end
 -- Everything an error gives a caller who prints, logs or raises it.
 local function renderings(err)
   local out = { tostring(err) }
-  local ok, raised = pcall(error, err)
+  local _, raised = pcall(error, err)
   out[#out + 1] = tostring(raised)
+  local ok
   ok, raised = pcall(assert, nil, err)
   out[#out + 1] = tostring(raised)
   out[#out + 1] = debug.traceback(tostring(err))
@@ -75,10 +76,12 @@ describe("secrets", function()
     srv:write("s_500_text", fixture.http_response(500, { { "Content-Type", "text/plain" } },
       "upstream said: Authorization: Bearer " .. KEY .. "\n"))
     srv:write("s_midstream", fixture.http_response(200, SSE, nil, { chunks = {
-      fixture.sse_body{ '{"choices":[{"index":0,"delta":{"content":"Hi ' .. KEY .. '"},"finish_reason":null}]}',
-                        cjson.encode{ error = { code = 500, type = "server_error", message = "bad key " .. KEY } } } } }))
+      fixture.sse_body{
+        '{"choices":[{"index":0,"delta":{"content":"Hi ' .. KEY .. '"},"finish_reason":null}]}',
+        cjson.encode{ error = { code = 500, type = "server_error", message = "bad key " .. KEY } } } } }))
     srv:write("s_truncated", fixture.http_response(200, SSE, nil, { chunks = {
-      fixture.sse_body{ '{"choices":[{"index":0,"delta":{"content":"echo ' .. KEY .. '"},"finish_reason":null}]}' } } }))
+      fixture.sse_body{
+        '{"choices":[{"index":0,"delta":{"content":"echo ' .. KEY .. '"},"finish_reason":null}]}' } } }))
     srv:write("s_badjson", fixture.http_response(200, SSE, nil, { chunks = { fixture.sse_body{ "{" .. KEY } } }))
     srv:write("s_badjson_answer", fixture.http_response(200, { { "Content-Type", "application/json" } }, "{" .. KEY))
 
@@ -108,8 +111,8 @@ describe("secrets", function()
         assert.is_nil(res, case[1])
         assert.truthy(errors.is(err), case[1])
         clean(case[1] .. ": err", err, renderings(err))
-        res, err = c:models()
-        if err then clean(case[1] .. ": models err", err, renderings(err)) end
+        local _, merr = c:models()
+        if errors.is(merr) then clean(case[1] .. ": models err", merr, renderings(merr)) end
         -- streams: every event, the stream's tostring
         local s = c:open_stream{ messages = MSGS }
         clean("tostring(stream)", tostring(s))

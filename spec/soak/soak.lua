@@ -31,7 +31,8 @@ function M.run(opts)
   local MSGS = { { role = "user", content = "Say hello." } }
 
   local srv = fixture.start{ quiet = true }
-  local r = { requests = 0, events = 0, samples = {}, lua = _VERSION .. (type(jit) == "table" and " (" .. jit.version .. ")" or "") }
+  local r = { requests = 0, events = 0, samples = {},
+              lua = _VERSION .. (type(jit) == "table" and " (" .. jit.version .. ")" or "") }
   local ok, err = pcall(function()
     full_gc()
     r.fds_before = proc.nfds()
@@ -134,7 +135,8 @@ function M.summary(r)
       :format(r.lua, r.requests, r.requests_s, r.requests / r.requests_s, r.events, r.events_s,
               r.events / r.events_s),
     ("RSS after gc: %d KB after warm-up, at most %d KB, at least %d KB after it: grew by %d KB" ..
-     " (%d KB over the requests after warm-up, %d KB over the streams after the second); highest RSS seen %d KB; %d samples")
+     " (%d KB over the requests after warm-up, %d KB over the streams after the second);" ..
+     " highest RSS seen %d KB; %d samples")
       :format(r.warm_kb, r.max_gc_kb, r.min_gc_kb, r.growth_kb, r.growth_requests_kb,
               r.growth_events_kb, r.max_kb, #r.samples),
     ("file descriptors: %d before the client, %d while it was open, %d after it was collected")
