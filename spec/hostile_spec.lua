@@ -72,16 +72,13 @@ describe("hostile servers", function()
     assert.truthy(errors.is(err, "protocol"), tostring(err))
   end)
 
-  it("a status line and no headers: network error on close, idle timeout when held", function()
+  it("a status line and no headers, then a close: network error", function()
     srv:write("h_status_only", "HTTP/1.1 200 OK\r\n")
     local res, err = client(srv:replay("h_status_only")):chat{ messages = MSGS }
     assert.is_nil(res)
     assert.truthy(errors.is(err, "network"), tostring(err))
     assert.is_true(err.retryable)
     failed(run(client(srv:replay("h_status_only"))), "network")
-    local e = failed(run(client(srv:replay("h_status_only", "hold"), { idle_timeout = 1 })),
-                     "timeout")
-    assert.equal("idle", e.phase)
   end)
 
   it("a header block that never ends is cut at the header limit, and the server sees the client go", function()
@@ -96,14 +93,6 @@ describe("hostile servers", function()
     assert.truthy(srv:wait_for(function(r)
       return r.seq > since and r.event == "abort" and r.path:find("headers_forever", 1, true)
     end, 10), "the server saw no abort")
-  end)
-
-  it("a header block that trickles forever ends at the total timeout, not at idle", function()
-    local t0 = socket.gettime()
-    local e = failed(run(client(srv:hostile("headers_forever", "pace=200"),
-                                { idle_timeout = 2, timeout = 3 })), "timeout")
-    assert.equal("total", e.phase)
-    assert.truthy(socket.gettime() - t0 >= 2.5, "ended before the total timeout")
   end)
 
   it("a 100 MB SSE line without a newline stops at max_event, keeps what came before, memory bounded", function()
@@ -151,51 +140,6 @@ describe("hostile servers", function()
     assert.equal("BODY_TOO_LARGE", err.code)
   end)
 
-  it("a stream that stalls forever ends at the idle timeout with its partial content", function()
-    srv:write("h_hello_ending", fixture.http_response(200, SSE, nil, { chunks = { HELLO, ENDING } }))
-    local raw = fixture.http_response(200, SSE, nil, { chunks = { HELLO, ENDING } })
-    local stall_at = #raw - #string.format("%x\r\n%s\r\n0\r\n\r\n", #ENDING, ENDING)
-    local t0 = socket.gettime()
-    local last, text = run(client(srv:replay("h_hello_ending", "stall=" .. stall_at), { idle_timeout = 1 }))
-    local e = failed(last, "timeout")
-    assert.equal("idle", e.phase)
-    assert.equal("Hello world", text)
-    assert.equal("Hello world", e.partial)
-    assert.is_false(e.retryable)          -- events were delivered
-    assert.truthy(socket.gettime() - t0 >= 0.9)
-  end)
-
-  -- The first bytes at once, then one byte per second from the start of the
-  -- ending: never 2.5 s of silence, so only the total timeout may end it.
-  local function trickle(name, raw, idle)
-    srv:write(name, raw)
-    local tail = #ENDING      -- chunked: the ending's chunk and the last chunk
-    if raw:find("chunked", 1, true) then tail = #string.format("%x\r\n%s\r\n0\r\n\r\n", #ENDING, ENDING) end
-    local from = #raw - tail
-    local t0 = socket.gettime()
-    local last, text = run(client(srv:replay(name, "from=" .. from .. ",drip=1000"),
-                                  { idle_timeout = idle, timeout = 4 }))
-    return last, text, socket.gettime() - t0
-  end
-
-  it("a reply trickling one byte per second is not idle: the total timeout ends it, partial kept", function()
-    local last, text, took = trickle("h_trickle",
-      fixture.http_response(200, SSE, HELLO .. ENDING), 2.5)
-    local e = failed(last, "timeout")
-    assert.equal("total", e.phase)
-    assert.equal("Hello world", text)
-    assert.equal("Hello world", e.partial)
-    assert.truthy(took >= 3.5, "ended before the total timeout")
-  end)
-
-  it("a chunked reply trickling one byte per second is not idle either", function()
-    local last, text = trickle("h_trickle_chunked",
-      fixture.http_response(200, SSE, nil, { chunks = { HELLO, ENDING } }), 2.5)
-    local e = failed(last, "timeout")
-    assert.equal("total", e.phase)
-    assert.equal("Hello world", text)
-  end)
-
   describe("Content-Length that lies", function()
     local json = cjson.encode{ object = "chat.completion", model = "m",
       choices = { { index = 0, finish_reason = "stop", message = { role = "assistant", content = "hi" } } } }
@@ -215,14 +159,6 @@ describe("hostile servers", function()
       assert.is_nil(res)
       assert.truthy(errors.is(err, "network"), tostring(err))
       assert.is_true(err.retryable)
-    end)
-
-    it("longer than the body, connection held: idle timeout, partial kept", function()
-      local last, text = run(client(srv:replay("h_cl_long", "hold"), { idle_timeout = 1 }))
-      local e = failed(last, "timeout")
-      assert.equal("idle", e.phase)
-      assert.equal("Hello world", text)
-      assert.equal("Hello world", e.partial)
     end)
 
     it("shorter than the body: the stream is truncated, the JSON answer is invalid", function()
@@ -337,38 +273,119 @@ describe("hostile servers", function()
     end)
   end)
 
-  describe("a server that accepts and never answers", function()
-    it("times out in the first_byte phase, not connect", function()
-      local t0 = socket.gettime()
-      local e = failed(run(client(srv:replay("chat_stream", "stall=0"),
-                                  { connect_timeout = 1, first_byte_timeout = 2 })), "timeout")
-      assert.equal("first_byte", e.phase)
+  -- The cases that end in a timeout, run side by side so that their waits
+  -- overlap: each stream on a client of its own, all driven with next(0).
+  describe("timeouts (run side by side)", function()
+    local got = {}
+    -- "Hello world" then the ending; the index where the ending starts
+    local function hello_ending(chunked)
+      local raw = chunked and fixture.http_response(200, SSE, nil, { chunks = { HELLO, ENDING } })
+                  or fixture.http_response(200, SSE, HELLO .. ENDING)
+      local tail = chunked and #string.format("%x\r\n%s\r\n0\r\n\r\n", #ENDING, ENDING) or #ENDING
+      return raw, #raw - tail
+    end
+
+    setup(function()
+      local raw, at = hello_ending(true)
+      srv:write("h_hello_ending", raw)
+      srv:write("h_status_only", "HTTP/1.1 200 OK\r\n")
+      srv:write("h_cl_long", fixture.http_response(200,
+        { SSE[1], { "Content-Length", tostring(#HELLO + 100) } }, HELLO))
+      local raw2, from = hello_ending(false)
+      srv:write("h_trickle", raw2)
+      local _, from_chunked = hello_ending(true)
+      local bh = fixture.blackhole()
+      local cases = {
+        status_held = { srv:replay("h_status_only", "hold"), { idle_timeout = 1 } },
+        headers_trickle = { srv:hostile("headers_forever", "pace=200"), { idle_timeout = 2, timeout = 3 } },
+        stall = { srv:replay("h_hello_ending", "stall=" .. at), { idle_timeout = 1 } },
+        -- the first bytes at once, then one byte per second from the start
+        -- of the ending: never 2.5 s of silence, so only the total timeout
+        trickle = { srv:replay("h_trickle", "from=" .. from .. ",drip=1000"),
+                    { idle_timeout = 2.5, timeout = 4 } },
+        trickle_chunked = { srv:replay("h_hello_ending", "from=" .. from_chunked .. ",drip=1000"),
+                            { idle_timeout = 2.5, timeout = 4 } },
+        cl_long_held = { srv:replay("h_cl_long", "hold"), { idle_timeout = 1 } },
+        never_answers = { srv:replay("chat_stream", "stall=0"), { connect_timeout = 1, first_byte_timeout = 2 } },
+        never_answers_idle = { srv:replay("chat_stream", "stall=0"), { idle_timeout = 1, timeout = 2 } },
+        never_accepts = { bh.url, { connect_timeout = 1, first_byte_timeout = 30 } },
+      }
+      local live, t0 = {}, socket.gettime()
+      for name, case in pairs(cases) do
+        live[name] = { s = client(case[1], case[2]):open_stream{ messages = MSGS }, text = {} }
+      end
+      while next(live) do
+        for name, l in pairs(live) do
+          while true do
+            local ev = l.s:next(0)
+            if not ev then break end
+            if ev.type == "content" then l.text[#l.text + 1] = ev.content end
+            if ev.type == "done" or ev.type == "error" then
+              got[name] = { last = ev, text = table.concat(l.text), took = socket.gettime() - t0 }
+              l.s:close()
+              live[name] = nil
+              break
+            end
+          end
+        end
+        socket.sleep(0.005)
+      end
+      bh.close()
+    end)
+
+    local function timed_out(name, phase, min_s)
+      local r = assert(got[name], name .. " did not run")
+      local e = failed(r.last, "timeout")
+      assert.equal(phase, e.phase, tostring(e))
+      if min_s then assert.truthy(r.took >= min_s, ("%s ended after %.2f s"):format(name, r.took)) end
+      return e, r
+    end
+
+    it("a status line, then nothing with the connection held: idle timeout", function()
+      timed_out("status_held", "idle", 0.9)
+    end)
+
+    it("a header block that trickles forever ends at the total timeout, not at idle", function()
+      timed_out("headers_trickle", "total", 2.5)
+    end)
+
+    it("a stream that stalls forever ends at the idle timeout with its partial content", function()
+      local e, r = timed_out("stall", "idle", 0.9)
+      assert.equal("Hello world", r.text)
+      assert.equal("Hello world", e.partial)
+      assert.is_false(e.retryable)          -- events were delivered
+    end)
+
+    it("a reply trickling one byte per second is not idle: the total timeout ends it, partial kept", function()
+      local e, r = timed_out("trickle", "total", 3.5)
+      assert.equal("Hello world", r.text)
+      assert.equal("Hello world", e.partial)
+    end)
+
+    it("a chunked reply trickling one byte per second is not idle either (chunk framing counts)", function()
+      local e, r = timed_out("trickle_chunked", "total", 3.5)
+      assert.equal("Hello world", r.text)
+      assert.equal("Hello world", e.partial)
+    end)
+
+    it("a Content-Length longer than the body, connection held: idle timeout, partial kept", function()
+      local e, r = timed_out("cl_long_held", "idle", 0.9)
+      assert.equal("Hello world", r.text)
+      assert.equal("Hello world", e.partial)
+    end)
+
+    it("a server that accepts and never answers: first_byte phase, not connect", function()
+      local e = timed_out("never_answers", "first_byte", 1.9)
       assert.is_true(e.retryable)
-      assert.truthy(socket.gettime() - t0 >= 1.9, "ended before first_byte_timeout")
-      local res, err = client(srv:replay("chat_nonstream", "stall=0"),
-                              { connect_timeout = 1, first_byte_timeout = 1 }):chat{ messages = MSGS }
-      assert.is_nil(res)
-      assert.equal("first_byte", err.phase)
     end)
 
     it("without first_byte_timeout, idle_timeout does not apply before the first byte: total does", function()
-      local res, err = client(srv:replay("chat_nonstream", "stall=0"),
-                              { idle_timeout = 1, timeout = 2 }):chat{ messages = MSGS }
-      assert.is_nil(res)
-      assert.truthy(errors.is(err, "timeout"), tostring(err))
-      assert.equal("total", err.phase)
+      timed_out("never_answers_idle", "total", 1.9)
     end)
 
-    it("while one that never accepts times out in the connect phase", function()
-      local bh = fixture.blackhole()
-      local res, err = client(bh.url, { connect_timeout = 1, first_byte_timeout = 30 }):chat{ messages = MSGS }
-      local e = failed(run(client(bh.url, { connect_timeout = 1 })), "timeout")
-      bh.close()
-      assert.is_nil(res)
-      assert.truthy(errors.is(err, "timeout"), tostring(err))
-      assert.equal("connect", err.phase)
-      assert.is_true(err.retryable)
-      assert.equal("connect", e.phase)
+    it("a server that never accepts: connect phase", function()
+      local e = timed_out("never_accepts", "connect", 0.9)
+      assert.is_true(e.retryable)
     end)
   end)
 

@@ -94,13 +94,14 @@ describe("secrets", function()
       { "stream cut short", srv:replay("s_truncated", "close") },
       { "bad JSON event", srv:replay("s_badjson") },
       { "bad JSON answer", srv:replay("s_badjson_answer") },
-      { "idle timeout", srv:replay("s_truncated", "stall=100"), { idle_timeout = 0.5 } },
-      { "first byte timeout", srv:replay("chat_nonstream", "stall=0"), { first_byte_timeout = 0.5 } },
+      -- (timeouts: with the key as a string only, to keep the waits short)
+      { "idle timeout", srv:replay("s_truncated", "stall=100"), { idle_timeout = 0.25 }, once = true },
+      { "first byte timeout", srv:replay("chat_nonstream", "stall=0"), { first_byte_timeout = 0.25 }, once = true },
       { "network error", srv:replay("chat_stream_usage", "cut=2000") },
     }
     local produced = 0
     for _, case in ipairs(cases) do
-      for _, api_key in ipairs{ KEY, keyfn } do
+      for _, api_key in ipairs(case.once and { KEY } or { KEY, keyfn }) do
         local o = { endpoint = case[2], api_key = api_key }
         for k, v in pairs(case[3] or {}) do o[k] = v end
         local c = llamacpp.new(o)
@@ -129,7 +130,7 @@ describe("secrets", function()
         produced = produced + 1
       end
     end
-    assert.equal(2 * #cases, produced)
+    assert.equal(2 * #cases - 2, produced)
   end)
 
   it("the same through every provider's own header (x-api-key, Bearer)", function()
