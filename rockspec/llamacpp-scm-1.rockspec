@@ -40,6 +40,10 @@ build = {
     ["llamacpp.uv"] = "lua/llamacpp/uv.lua",
     ["llamacpp.native"] = "lua/llamacpp/native.lua",
     ["llamacpp.text"] = "lua/llamacpp/text.lua",
+    ["llamacpp.testing"] = "lua/llamacpp/testing.lua",
+    ["llamacpp.testing.render"] = "lua/llamacpp/testing/render.lua",
+    -- the fake llama-server of llamacpp.testing is the specs' fixture server
+    ["llamacpp.testing.server"] = "spec/fixture/server.lua",
     ["llamacpp.router"] = "lua/llamacpp/router.lua",
     ["llamacpp.providers.openai"] = "lua/llamacpp/providers/openai.lua",
     ["llamacpp.providers.ollama"] = "lua/llamacpp/providers/ollama.lua",

@@ -31,7 +31,8 @@ describe("rockspec", function()
     -- luarocks make builds in its working directory (objects, and a
     -- llamacpp/core.so that ./?.so would find): build in a copy
     local src = tree .. "/src-copy"
-    assert(sh("mkdir -p '" .. src .. "' && cp -r lua src rockspec '" .. src .. "'/"))
+    assert(sh("mkdir -p '" .. src .. "/spec/fixture' && cp -r lua src rockspec '" .. src .. "'/ && " ..
+              "cp spec/fixture/server.lua '" .. src .. "/spec/fixture/'"))
     local cmd = "cd '" .. src .. "' && luarocks --lua-version=" .. LUAV .. " --tree='" .. tree ..
                 "' make --deps-mode=none rockspec/llamacpp-scm-1.rockspec"
     if LUAJIT then cmd = cmd .. " LUA_INCDIR=/usr/include/luajit-2.1" end
@@ -53,14 +54,21 @@ describe("rockspec", function()
       for ev in c:chat_stream{ messages = { { role = "user", content = "hi" } } } do
         if ev.type ~= "content" then io.write(ev.type, "\n") end
       end
+      -- the installed test kit: its fake server runs from the tree too
+      local fake = require("llamacpp.testing").start()
+      fake:reply{ content = "from the installed fake" }
+      local r2, e2 = llamacpp.new{ endpoint = fake.endpoint }:chat{ messages = { { role = "user", content = "x" } } }
+      fake:stop()
+      io.write(r2 and r2.content or tostring(e2), "\n")
     ]]):format(tree, LUAV, LUAV, LUAV, srv:replay("chat_nonstream"), srv:replay("chat_stream")))
     f:close()
     -- from /: nothing of the work tree on the paths
     ok, out = sh("cd / && " .. LUA .. " '" .. script .. "'")
     assert(ok, out)
-    local where, content, last = out:match("^([^\n]*)\n([^\n]*)\n([^\n]*)\n$")
+    local where, content, last, fake = out:match("^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n$")
     if where ~= "?" then assert.equal(tree .. "/lib/lua/" .. LUAV .. "/llamacpp/core.so", where) end
     assert.matches("^ Eight", content)
     assert.equal("done", last)
+    assert.equal("from the installed fake", fake)
   end)
 end)

@@ -1,0 +1,363 @@
+--- llamacpp.testing: a real fake llama-server for your own specs.
+--
+-- Starts a server process on 127.0.0.1 (a free port; the project's own
+-- fixture server) that answers with the replies you queue, in order,
+-- streamed or not as each request asks, and logs every request:
+--
+--   local testing = require "llamacpp.testing"
+--   local fake = testing.start()
+--   fake:reply{ content = "Hello there." }
+--   fake:reply{ tool_calls = { { name = "add", arguments = { a = 1, b = 2 } } } }
+--   fake:reply{ status = 503, error = "Loading model" }
+--   local client = require("llamacpp").new{ endpoint = fake.endpoint }
+--   ... your code ...
+--   fake:requests()[1].json.messages  -- what your code sent
+--   fake:stop()
+--
+-- Needs LuaSocket and lua-cjson (Debian: lua-socket, lua-cjson).
+-- It also replays raw response files and injects faults (below); the
+-- project's specs use it through spec/fixture/control.lua:
+--
+--   local srv = testing.start{ dirs = { "spec/fixtures" } }
+--   local base = srv:replay("chat_stream", "pace=5")  -- http://127.0.0.1:P/replay/chat_stream/pace=5
+--   ... requests to base .. "/v1/chat/completions" ...
+--   srv:wait_for(function(r) return r.event == "abort" end, 5)
+--   srv:stop()
+--
+-- Hostile servers: srv:hostile(name, opts) (generated answers: a header block
+-- that never ends, a 100 MB line, ...), fixture.blackhole() (a port whose
+-- connections are never accepted), fixture.https(opts) (openssl s_server with a
+-- self-signed certificate made at run time). See README.md.
+
+local socket = require "socket"
+local cjson = require "cjson"
+
+local M = {}
+
+-- The server script: installed as the module llamacpp.testing.server, or
+-- in a checkout at spec/fixture/server.lua.
+local HERE = (debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./")
+local SERVER = package.searchpath and package.searchpath("llamacpp.testing.server", package.path)
+if not SERVER then
+  local f = io.open(HERE .. "../../spec/fixture/server.lua", "r")
+  if f then
+    f:close()
+    SERVER = HERE .. "../../spec/fixture/server.lua"
+  else
+    SERVER = HERE .. "testing/server.lua"
+  end
+end
+
+-- The interpreter running the tests, so the server runs under the same Lua.
+local function interpreter()
+  local env = os.getenv("LLAMACPP_TEST_LUA")
+  if env and env ~= "" then return env end
+  if type(jit) == "table" then return "luajit" end
+  return "lua" .. (_VERSION:match("%d+%.%d+") or "5.4")
+end
+
+local function q(s) -- shell quoting
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- GET target on 127.0.0.1:port with a raw socket (so no proxy settings apply).
+-- Returns body, status (number); nil, message on failure.
+local function get(port, target, timeout)
+  local c = socket.tcp()
+  c:settimeout(timeout or 5)
+  local ok, err = c:connect("127.0.0.1", port)
+  if not ok then
+    c:close()
+    return nil, err
+  end
+  c:send("GET " .. target .. " HTTP/1.1\r\nHost: 127.0.0.1:" .. port ..
+         "\r\nConnection: close\r\n\r\n")
+  local data, rerr, partial = c:receive("*a") -- the server closes after answering
+  c:close()
+  data = data or partial
+  local status = tonumber(data:match("^HTTP/1%.%d (%d+)") or "")
+  local s, e = data:find("\r\n\r\n", 1, true)
+  if not (status and s) then return nil, "bad answer (" .. tostring(rerr) .. "): " .. data end
+  return data:sub(e + 1), status
+end
+
+local Server = {}
+Server.__index = Server
+
+--- Starts a server.
+-- opts.dirs: directories of NAME.response files searched after the scratch directory;
+-- opts.idle: seconds without activity after which the server exits (default 120);
+-- opts.quiet: log only aborts and missing fixtures (for soak runs).
+function M.start(opts)
+  opts = opts or {}
+  -- A fresh scratch directory for srv:write(), searched first.
+  local scratch = os.tmpname()
+  os.remove(scratch)
+  scratch = scratch .. ".fixture"
+  assert(os.execute("mkdir -p " .. q(scratch)))
+
+  local cmd = { "exec", q(interpreter()), q(SERVER), "--dir", q(scratch) }
+  for _, d in ipairs(opts.dirs or {}) do
+    cmd[#cmd + 1] = "--dir " .. q(d)
+  end
+  if opts.idle then cmd[#cmd + 1] = "--idle " .. q(opts.idle) end
+  if opts.quiet then cmd[#cmd + 1] = "--quiet" end
+  local proc = assert(io.popen(table.concat(cmd, " "), "r"))
+  local line = proc:read("*l")
+  local port = tonumber(line and line:match("^PORT (%d+)") or "")
+  if not port then
+    proc:close()
+    os.execute("rm -rf " .. q(scratch))
+    error("fixture server did not start: " .. tostring(line) .. " (" .. table.concat(cmd, " ") .. ")")
+  end
+  return setmetatable({
+    port = port,
+    url = "http://127.0.0.1:" .. port,
+    endpoint = "http://127.0.0.1:" .. port .. "/script",   -- answers with the queued replies
+    scratch = scratch,
+    proc = proc,
+    nreplies = 0,
+  }, Server)
+end
+
+--- Queues the answer to the next request made to `srv.endpoint` (any
+-- path under it); requests take the queued replies in order, and one
+-- with none left gets a 500 saying so. Chat answers come streamed or not
+-- as the request asks (`stream`), in llama-server's exact shapes.
+-- reply fields (all optional):
+--   content          the answer's text ("" by default)
+--   tokens           the stream's pieces (default: content split at words)
+--   reasoning        reasoning_content
+--   tool_calls       {{name =, arguments = table or JSON text, id =}, ...}
+--   finish_reason    default "stop" ("tool_calls" with tool calls)
+--   prompt_tokens, completion_tokens   usage (default 10, one per piece)
+--   model            default: the request's model
+--   status, error, error_type   an HTTP error (e.g. 503, "Loading model")
+--   body, content_type, headers  any other answer, as given
+--   delay            seconds before the first byte
+--   pace             seconds between the pieces of a stream
+--   disconnect_after N: the connection is cut after N pieces of a stream
+--   error_after      N: an error object inside the 200 stream after N pieces
+--   no_done          true: the stream ends without [DONE] (a truncated stream)
+function Server:reply(reply)
+  if type(reply) ~= "table" then
+    error("bad argument #1 to 'reply' (table expected, got " .. type(reply) .. ")", 2)
+  end
+  self.nreplies = self.nreplies + 1
+  local f = assert(io.open(self.scratch .. "/script." .. self.nreplies .. ".json", "wb"))
+  f:write(cjson.encode(reply))
+  f:close()
+  return self
+end
+
+-- URL prefix that replays NAME.response with the given options ("-" for none).
+function Server:replay(name, opts)
+  return self.url .. "/replay/" .. name .. "/" .. (opts or "-")
+end
+
+-- URL prefix of a generated hostile answer (spec/fixture/README.md, "Hostile routes").
+function Server:hostile(name, opts)
+  return self.url .. "/hostile/" .. name .. "/" .. (opts or "-")
+end
+
+-- Log records (all, or those with seq > since), decoded.
+function Server:log(since)
+  local body, status = get(self.port, "/__log?since=" .. (since or 0))
+  assert(body and status == 200, "fixture log: " .. tostring(status))
+  return cjson.decode(body)
+end
+
+-- Only the "request" records.
+function Server:requests(since)
+  local out = {}
+  for _, r in ipairs(self:log(since)) do
+    if r.event == "request" then out[#out + 1] = r end
+  end
+  return out
+end
+
+-- Write NAME.response into the scratch directory (the server re-reads it per request).
+function Server:write(name, bytes)
+  local f = assert(io.open(self.scratch .. "/" .. name .. ".response", "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+-- Poll the log until pred(record) is true for a record; returns it, or nil after
+-- timeout_s seconds (default 5).
+function Server:wait_for(pred, timeout_s)
+  local deadline = socket.gettime() + (timeout_s or 5)
+  local since = 0
+  while true do
+    for _, r in ipairs(self:log(since)) do
+      if pred(r) then return r end
+      since = r.seq
+    end
+    if socket.gettime() > deadline then return nil end
+    socket.sleep(0.02)
+  end
+end
+
+-- Stop the server and remove the scratch directory. Idempotent.
+function Server:stop()
+  if self.stopped then return end
+  self.stopped = true
+  get(self.port, "/__quit", 2)
+  self.proc:close() -- waits for the process to exit
+  os.execute("rm -rf " .. q(self.scratch))
+end
+
+---------------------------------------------------------------- building fixtures
+
+local REASONS = {
+  [200] = "OK", [400] = "Bad Request", [401] = "Unauthorized", [404] = "Not Found",
+  [500] = "Internal Server Error", [501] = "Not Implemented", [503] = "Service Unavailable",
+}
+
+local function has_header(headers, name)
+  for _, h in ipairs(headers) do
+    if h[1]:lower() == name then return true end
+  end
+end
+
+-- Raw HTTP/1.1 response bytes. status: a number (200) or a status text ("200 OK");
+-- headers: array of {name, value}, in order. With opts.chunks (array of strings) the
+-- body is chunked, one HTTP chunk per non-empty string (an empty one would end the
+-- body) and Transfer-Encoding: chunked is added; else Content-Length is added. A
+-- header given in `headers` is not added again (so a wrong one can be forced).
+function M.http_response(status, headers, body, opts)
+  headers, body, opts = headers or {}, body or "", opts or {}
+  if type(status) == "number" then status = status .. " " .. (REASONS[status] or "Unknown") end
+  local out = { "HTTP/1.1 " .. status .. "\r\n" }
+  for _, h in ipairs(headers) do out[#out + 1] = h[1] .. ": " .. h[2] .. "\r\n" end
+  if opts.chunks then
+    if not has_header(headers, "transfer-encoding") then
+      out[#out + 1] = "Transfer-Encoding: chunked\r\n"
+    end
+    out[#out + 1] = "\r\n"
+    for _, c in ipairs(opts.chunks) do
+      if #c > 0 then out[#out + 1] = string.format("%x\r\n%s\r\n", #c, c) end
+    end
+    out[#out + 1] = "0\r\n\r\n"
+  else
+    if not has_header(headers, "content-length") then
+      out[#out + 1] = "Content-Length: " .. #body .. "\r\n"
+    end
+    out[#out + 1] = "\r\n" .. body
+  end
+  return table.concat(out)
+end
+
+-- SSE body: "data: <e>\n\n" for each event string.
+function M.sse_body(events)
+  local out = {}
+  for i, e in ipairs(events) do out[i] = "data: " .. e .. "\n\n" end
+  return table.concat(out)
+end
+
+---------------------------------------------------------------- hostile peers
+
+-- A port on 127.0.0.1 that never completes a TCP handshake: a listening socket
+-- whose accept queue is full (backlog 0, never accepted, filled by our own
+-- connections), so the kernel drops further SYNs and a client's connect hangs
+-- until its connect timeout. bh.port, bh.url, bh:close().
+function M.blackhole()
+  local srv = assert(socket.tcp())
+  assert(srv:bind("127.0.0.1", 0))
+  assert(srv:listen(0))
+  local _, port = srv:getsockname()
+  local fill = {}
+  for i = 1, 4 do
+    local c = socket.tcp()
+    c:settimeout(0)
+    c:connect("127.0.0.1", port)
+    fill[i] = c
+  end
+  socket.sleep(0.05)
+  return {
+    port = tonumber(port),
+    url = "http://127.0.0.1:" .. port,
+    close = function()
+      for _, c in ipairs(fill) do c:close() end
+      srv:close()
+    end,
+  }
+end
+
+local function sh_ok(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+local Https = {}
+Https.__index = Https
+
+-- An HTTPS server on 127.0.0.1: `openssl s_server -HTTP` with a self-signed
+-- certificate generated now. opts.san: the certificate's subjectAltName
+-- (default "IP:127.0.0.1,DNS:localhost"). It serves GET /PATH with the file
+-- written by h:write(PATH, bytes), which must be a complete HTTP response with
+-- "Connection: close" (s_server handles one connection at a time). Fields: url,
+-- port, ca_file (the certificate, to trust), ca_path (a hashed directory with
+-- it). Returns nil, reason when the openssl command is missing or fails.
+function M.https(opts)
+  opts = opts or {}
+  if not sh_ok("command -v openssl >/dev/null 2>&1") then
+    return nil, "the openssl command is not installed (apt-get install openssl)"
+  end
+  local dir = os.tmpname()
+  os.remove(dir)
+  dir = dir .. ".https"
+  local san = opts.san or "IP:127.0.0.1,DNS:localhost"
+  local gen = "mkdir -p " .. q(dir .. "/www") .. " " .. q(dir .. "/cadir") .. " && cd " .. q(dir) ..
+    " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes" ..
+    " -keyout key.pem -out cert.pem -days 2 -subj /CN=llamacpp-test" ..
+    " -addext " .. q("subjectAltName=" .. san) .. " >gen.log 2>&1" ..
+    " && cp cert.pem cadir/ && openssl rehash cadir >>gen.log 2>&1"
+  if not sh_ok(gen) then
+    os.execute("rm -rf " .. q(dir))
+    return nil, "openssl could not make a certificate"
+  end
+  -- `timeout` ends the server if the tests die without stopping it
+  local proc = assert(io.popen("cd " .. q(dir .. "/www") .. " && echo PID $$ &&" ..
+    " exec timeout 900 openssl s_server -accept 127.0.0.1:0 -HTTP" ..
+    " -cert ../cert.pem -key ../key.pem >../server.log 2>&1", "r"))
+  local pid = tonumber((proc:read("*l") or ""):match("^PID (%d+)") or "")
+  local port
+  local deadline = socket.gettime() + 10
+  while pid and not port and socket.gettime() < deadline do
+    local f = io.open(dir .. "/server.log", "rb")
+    local log = f and f:read("*a") or ""
+    if f then f:close() end
+    port = tonumber(log:match("ACCEPT [^\n]*:(%d+)") or "")
+    if not port then socket.sleep(0.02) end
+  end
+  local h = setmetatable({ dir = dir, proc = proc, pid = pid, port = port,
+                           ca_file = dir .. "/cert.pem", ca_path = dir .. "/cadir",
+                           url = "https://127.0.0.1:" .. tostring(port) }, Https)
+  if not port then
+    h:stop()
+    return nil, "openssl s_server did not start"
+  end
+  return h
+end
+
+-- Serve bytes (a complete HTTP response) at GET /path.
+function Https:write(path, bytes)
+  assert(not path:find("..", 1, true) and not path:find("^/"), "bad path " .. path)
+  local d = path:match("^(.*)/[^/]*$")
+  if d then os.execute("mkdir -p " .. q(self.dir .. "/www/" .. d)) end
+  local f = assert(io.open(self.dir .. "/www/" .. path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+-- Stop the server (the process this module started, by its id). Idempotent.
+function Https:stop()
+  if self.stopped then return end
+  self.stopped = true
+  if self.pid then os.execute("kill " .. self.pid .. " 2>/dev/null") end
+  self.proc:close()
+  os.execute("rm -rf " .. q(self.dir))
+end
+
+return M
