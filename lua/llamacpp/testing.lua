@@ -19,6 +19,7 @@
 -- project's specs use it through spec/fixture/control.lua:
 --
 --   local srv = testing.start{ dirs = { "spec/fixtures" } }
+-- @module llamacpp.testing
 --   local base = srv:replay("chat_stream", "pace=5")  -- http://127.0.0.1:P/replay/chat_stream/pace=5
 --   ... requests to base .. "/v1/chat/completions" ...
 --   srv:wait_for(function(r) return r.event == "abort" end, 5)
