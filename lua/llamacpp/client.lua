@@ -102,7 +102,7 @@ function M.new(opts)
     elseif type(v) ~= want then
       error("option '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")", 2)
     end
-    if want == "number" and not (v >= 0) then
+    if want == "number" and (v ~= v or v < 0) then    -- NaN, negative
       error("option '" .. k .. "' must be a number >= 0 (got " .. tostring(v) .. ")", 2)
     end
   end

@@ -38,7 +38,8 @@ local M = {}
 -- The server script: installed as the module llamacpp.testing.server, or
 -- in a checkout at spec/fixture/server.lua.
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./")
-local SERVER = package.searchpath and package.searchpath("llamacpp.testing.server", package.path)
+local searchpath = rawget(package, "searchpath")     -- not in PUC Lua 5.1
+local SERVER = searchpath and searchpath("llamacpp.testing.server", package.path)
 if not SERVER then
   local f = io.open(HERE .. "../../spec/fixture/server.lua", "r")
   if f then
