@@ -50,6 +50,35 @@ describe("release", function()
     end
   end)
 
+  it("packs a source rock that builds (luarocks pack, then build from the .src.rock)", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local function sh(cmd)
+      local h = io.popen(cmd .. " 2>&1; echo rc=$?")
+      local out = h:read("*a")
+      h:close()
+      return out
+    end
+    -- offline: the source is this checkout's HEAD as a local tarball
+    local out = sh("mkdir -p " .. dir .. " && git archive --format=tar.gz --prefix=llamacpp/ -o " .. dir ..
+                   "/llamacpp.tar.gz HEAD")
+    assert.matches("rc=0", out, out)
+    local spec = read("rockspec/llamacpp-scm-1.rockspec"):gsub('url = "git%+https://[^"]*",',
+      'url = "file://' .. dir .. '/llamacpp.tar.gz", dir = "llamacpp",')
+    local f = assert(io.open(dir .. "/llamacpp-scm-1.rockspec", "w"))
+    f:write(spec)
+    f:close()
+    out = sh("cd " .. dir .. " && luarocks pack llamacpp-scm-1.rockspec")
+    assert.matches("Packed: .*llamacpp%-scm%-1%.src%.rock", out)
+    local luav = type(jit) == "table" and "5.1" or _VERSION:match("%d+%.%d+")
+    local inc = type(jit) == "table" and " LUA_INCDIR=/usr/include/luajit-2.1" or ""
+    out = sh("cd " .. dir .. " && luarocks --lua-version=" .. luav .. " --tree=" .. dir ..
+             "/tree build --deps-mode=none llamacpp-scm-1.src.rock" .. inc)
+    assert.matches("llamacpp scm%-1 is now installed", out)
+    assert.matches("rc=0", out)
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
   it("passes luarocks lint", function()
     for _, f in ipairs{ "rockspec/llamacpp-scm-1.rockspec", "rockspec/llamacpp-0.1.0-1.rockspec" } do
       local h = io.popen("luarocks lint " .. f .. " 2>&1; echo rc=$?")
