@@ -34,6 +34,10 @@ function M.run(opts)
   local r = { requests = 0, events = 0, samples = {},
               lua = _VERSION .. (type(jit) == "table" and " (" .. jit.version .. ")" or "") }
   local ok, err = pcall(function()
+    -- LuaJIT's compiled traces keep the objects they were recorded with as
+    -- constants (clients of earlier specs, this one's later): drop them, or
+    -- a client lives on after its last reference
+    if type(jit) == "table" then jit.flush() end
     full_gc()
     r.fds_before = proc.nfds()
     r.rss_start_kb = proc.rss_kb()
@@ -83,8 +87,6 @@ function M.run(opts)
       r.fds_open = proc.nfds()          -- the client's session and its kept-alive connection
     end
     run_client()                        -- returns: nothing of it is on this stack
-    -- LuaJIT's compiled traces keep the objects they were recorded with as
-    -- constants (here the client): drop them, or the client lives on
     if type(jit) == "table" then jit.flush() end
     full_gc()
     r.fds_after = proc.nfds()
