@@ -406,6 +406,28 @@ describe("hostile servers", function()
     assert.truthy(n > 0, "no regression inputs in " .. dir)
   end)
 
+  it("a Retry-After of centuries does not put the router to sleep", function()
+    local router = require "llamacpp.router"
+    local ERR = { { "Content-Type", "application/json" } }
+    srv:write("h_retry_forever", fixture.http_response(503,
+      { ERR[1], { "Retry-After", "99999999999999999999" } },
+      '{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'))
+    srv:write("h_retry_date", fixture.http_response(429,
+      { ERR[1], { "Retry-After", "Wed, 21 Oct 2915 07:28:00 GMT" } },
+      '{"error":{"code":429,"message":"slow down","type":"rate_limit_error"}}'))
+    for _, name in ipairs{ "h_retry_forever", "h_retry_date" } do
+      local slept = 0
+      local r = router.new{ tiers = { main = { { provider = "llamacpp", endpoint = srv:replay(name) } } },
+                            sleep = function(sec) slept = slept + sec end }
+      local res, err = r:chat{ messages = MSGS }
+      assert.is_nil(res)
+      assert.truthy(errors.is(err, "no_provider"), tostring(err))
+      local last = run(r)
+      failed(last, "no_provider")
+      assert.truthy(slept <= 60, name .. ": the router slept " .. slept .. " s")
+    end
+  end)
+
   -- A small fuzzer of the whole stack (libcurl, the core, the decoders of
   -- every provider): captures with random bytes flipped, cut, repeated or
   -- inserted. Seeded, so a failure names a case that can be replayed;
