@@ -256,6 +256,21 @@ describe("hostile servers", function()
       assert.equal(before, #other:requests())
     end)
 
+    it("not followed, say so: the status and where it pointed", function()
+      pending("BUG: a 3xx answer that is not followed ends as 'invalid JSON in the " ..
+              "answer: Expected value but found T_END' (Client:_complete, " ..
+              "lua/llamacpp/client.lua) or 'expected an event stream, got nil " ..
+              "(status 302)' (Stream:_eof): neither names the redirect")
+      redirect_to("h_redir_say", "301 Moved Permanently", "http://elsewhere.invalid/v1")
+      local res, err = client(srv:replay("h_redir_say")):chat{ messages = MSGS }
+      assert.is_nil(res)
+      assert.truthy(errors.is(err, "protocol"), tostring(err))
+      assert.matches("redirect", err.message)
+      assert.matches("elsewhere.invalid", err.message, 1, true)
+      local e = failed(run(client(srv:replay("h_redir_say"))), "protocol")
+      assert.matches("redirect", e.message)
+    end)
+
     it("to another host: followed when asked for, without the Authorization header", function()
       -- "localhost" is another host name for libcurl than "127.0.0.1"
       local target = other:replay("chat_nonstream"):gsub("^http://127%.0%.0%.1", "http://localhost")
