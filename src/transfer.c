@@ -709,7 +709,15 @@ static const char *lcpp_timeoutphase (Transfer *t) {
 
 /* The transfer is done and its queue empty: push the end (nothing) or
    the error, and release what libcurl held. */
+/* A whole number as text on every Lua (5.4's %f would add ".0"). */
+static const char *lcpp_num (char *buf, double v) {
+  snprintf(buf, 32, "%.0f", v);
+  return buf;
+}
+
+
 static int lcpp_end (lua_State *L, Transfer *t) {
+  char num[32];
   int retry = 0;
   const char *kind;
   t->ended = 1;
@@ -728,7 +736,7 @@ static int lcpp_end (lua_State *L, Transfer *t) {
       break;
     case FAIL_FRAME:
       if (t->frame.error == LCPP_FRAME_EOVERSIZE) {
-        lua_pushfstring(L, "event larger than %f bytes", (lua_Number)t->frame.max_event);
+        lua_pushfstring(L, "event larger than %s bytes", lcpp_num(num, (double)t->frame.max_event));
         lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
         lua_remove(L, -2);
         lcpp_setstring(L, "code", "EVENT_TOO_LARGE");
@@ -736,7 +744,7 @@ static int lcpp_end (lua_State *L, Transfer *t) {
         lcpp_newerror(L, "protocol", "out of memory while parsing events", 0);
       break;
     case FAIL_BODY:
-      lua_pushfstring(L, "response body larger than %f bytes", (lua_Number)t->maxbody);
+      lua_pushfstring(L, "response body larger than %s bytes", lcpp_num(num, (double)t->maxbody));
       lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
       lua_remove(L, -2);
       lcpp_setstring(L, "code", "BODY_TOO_LARGE");
@@ -747,8 +755,8 @@ static int lcpp_end (lua_State *L, Transfer *t) {
       break;
     case FAIL_FIRSTBYTE: case FAIL_IDLE: {
       int first = t->fail == FAIL_FIRSTBYTE;
-      lua_pushfstring(L, first ? "no reply within %f ms" : "no data for %f ms",
-                      (lua_Number)(first ? t->first_byte_ms : t->idle_ms));
+      lua_pushfstring(L, first ? "no reply within %s ms" : "no data for %s ms",
+                      lcpp_num(num, first ? t->first_byte_ms : t->idle_ms));
       lcpp_newerror(L, "timeout", lua_tostring(L, -1), 1);
       lua_remove(L, -2);
       lcpp_setstring(L, "code", "OPERATION_TIMEDOUT");

@@ -226,6 +226,11 @@ function Client:_complete(t, err, raw, parse)
     return nil, self:_error(err, key)
   end
   local status, body = t:result()
+  if status >= 300 and status < 400 then
+    local headers = t:response().headers
+    t:close()
+    return nil, self:_error(self:_redirect(status, headers), key)
+  end
   if status >= 400 then
     local headers = t:response().headers      -- Retry-After, request id
     t:close()
@@ -244,6 +249,13 @@ function Client:_complete(t, err, raw, parse)
     return res, status
   end
   return obj, status
+end
+
+-- A 3xx answer: redirects are not followed unless asked for.
+function Client:_redirect(status, headers)
+  return errors.new("protocol", self.provider.label .. " answered with a redirect (" .. status .. ") to " ..
+                    tostring(headers.location) .. "; redirects are not followed (follow_redirects = true)",
+                    { status = status, code = "REDIRECT" })
 end
 
 -- Runs a request to its end (blocking): see _complete.
@@ -351,6 +363,9 @@ function Stream:_eof()
     return self:_finish(self.dec:done())
   end
   if not r.framed then
+    if r.status and r.status >= 300 and r.status < 400 then
+      return self:_fail(self.client:_redirect(r.status, r.headers))
+    end
     if r.status and r.status >= 400 then
       return self:_fail(errors.http(r.status, r.body, r.headers, label))
     end
