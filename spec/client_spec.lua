@@ -54,6 +54,25 @@ describe("llamacpp.client", function()
         assert.are_not.equal(key, v, "field " .. tostring(k))
       end
     end)
+
+    it("keeps endpoint passwords, header secrets and proxy credentials out of the client's tables", function()
+      local c = llamacpp.new{ endpoint = "http://user:pw-SECRET-1@127.0.0.1:1/x",
+                              headers = { Authorization = "Basic SECRET-2" },
+                              proxy = "http://u:SECRET-3@127.0.0.1:9" }
+      local function scan(t, seen)
+        seen = seen or {}
+        if seen[t] then return end
+        seen[t] = true
+        for k, v in pairs(t) do
+          for _, x in ipairs{ k, v } do
+            if type(x) == "string" then assert.is_nil(x:find("SECRET", 1, true), tostring(k)) end
+            if type(x) == "table" then scan(x, seen) end
+          end
+        end
+      end
+      scan(c)
+      assert.is_nil(tostring(c):find("SECRET", 1, true))
+    end)
   end)
 
   describe("chat", function()

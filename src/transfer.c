@@ -120,6 +120,8 @@ double lcpp_now (void) {
 
 void lcpp_sleep (double ms) {
   struct timespec ts;
+  if (!(ms > 0)) return;                 /* NaN too */
+  if (ms > 1e12) ms = 1e12;              /* ~31 years: time_t holds it */
   ts.tv_sec = (time_t)(ms / 1e3);
   ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) ;
@@ -1147,6 +1149,9 @@ static int session_open (lua_State *L) {
   if (lcpp_optbool(L, 2, "follow")) {
     SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
     SETOPT(CURLOPT_MAXREDIRS, 5L);
+    /* a chat is a POST: keep it one after 301/302/303 (libcurl's default
+       turns it into a body-less GET, as old browsers did) */
+    SETOPT(CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
   }
   if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
     SETOPT(CURLOPT_USERAGENT, str);

@@ -28,6 +28,9 @@ M.load_provider = load_provider
 -- debugger shows no key. Keyed by client (its api_key option), and by
 -- transfer and stream (the key a request used, for scrubbing errors).
 local secrets = setmetatable({}, { __mode = "k" })
+-- The same for what else may carry credentials: the endpoint as given
+-- (user:password@), the caller's header lines (Authorization), the proxy.
+local private = setmetatable({}, { __mode = "k" })
 
 local OPTIONS = {
   endpoint = "string", api_key = "key", model = "string", headers = "table",
@@ -118,9 +121,7 @@ function M.new(opts)
   local self = setmetatable({
     provider = provider,
     endpoint = endpoint,               -- without userinfo: safe to print
-    url = raw:gsub("/+$", ""),         -- what requests go to
     model = opts.model,
-    header_lines = {},
     session = core.session(),
     streams = setmetatable({}, { __mode = "k" }),   -- open streams, for poll()
   }, Client)
@@ -130,9 +131,10 @@ function M.new(opts)
     names[#names + 1] = name
   end
   table.sort(names)
+  local lines = {}
   self.header_names = {}
   for _, name in ipairs(names) do
-    self.header_lines[#self.header_lines + 1] = name .. ": " .. opts.headers[name]
+    lines[#lines + 1] = name .. ": " .. opts.headers[name]
     self.header_names[name:lower()] = true
   end
   local t = {}
@@ -145,8 +147,9 @@ function M.new(opts)
   t.ca_file, t.ca_path, t.insecure = opts.ca_file, opts.ca_path, opts.insecure
   t.follow = opts.follow_redirects
   -- libcurl takes http_proxy & co. from the environment; a loopback server
-  -- is never reached through them unless a proxy is given explicitly
-  t.proxy = opts.proxy or (is_loopback(host) and "" or nil)
+  -- is never reached through them unless a proxy is given explicitly (below)
+  private[self] = { url = (raw:gsub("/+$", "")), header_lines = lines,
+                    proxy = opts.proxy or (is_loopback(host) and "" or nil) }
   self.transfer_opts = t
   secrets[self] = opts.api_key
   return self
@@ -177,8 +180,10 @@ function Client:_open(method, path, body, framing, template)
   for i = 1, #ph do
     if not self.header_names[ph[i]:match("^([^:]*)"):lower()] then h[#h + 1] = ph[i] end
   end
-  for i = 1, #self.header_lines do h[#h + 1] = self.header_lines[i] end
-  local o = { url = self.url .. path, method = method, body = body,
+  local priv = private[self]
+  local lines = priv.header_lines
+  for i = 1, #lines do h[#h + 1] = lines[i] end
+  local o = { url = priv.url .. path, method = method, body = body, proxy = priv.proxy,
               headers = h, framing = framing, template = template }
   for k, v in pairs(self.transfer_opts) do o[k] = v end
   local t = self.session:open(o)
