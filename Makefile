@@ -26,7 +26,7 @@ OUT = build/$(LUAV)/llamacpp/core.so
 DEBS = make gcc libc6-dev pkg-config curl libcurl4-openssl-dev \
   lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
   coreutils lua-cjson lua-socket lua-busted luarocks lua-luv lua-check lua-ldoc neovim \
-  valgrind openssl git
+  valgrind openssl git clang libclang-rt-14-dev
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: $(OUT)
