@@ -173,6 +173,20 @@ function M.encode(v)
   return concat(out)
 end
 
+--- lua-cjson decodes every number as a float: a count reads better as an
+-- integer. `v` as an integer when it is integral, else unchanged.
+function M.int(v)
+  if type(v) == "number" and v == floor(v) then return floor(v) end
+  return v
+end
+
+--- The same for every field of a table (in place); nil for a non-table.
+function M.ints(t)
+  if type(t) ~= "table" then return nil end
+  for k, v in pairs(t) do t[k] = M.int(v) end
+  return t
+end
+
 --- Decodes JSON text: `value` or `nil, message`. JSON null is `json.null`.
 function M.decode(s)
   local ok, v = pcall(decoder.decode, s)

@@ -6,15 +6,9 @@ local text = require "llamacpp.text"
 
 local M = {}
 
-local type, floor = type, math.floor
+local type = type
 
-local function int(v) if type(v) == "number" and v == floor(v) then return floor(v) end return v end
-
-local function ints(t)
-  if type(t) ~= "table" then return nil end
-  for k, v in pairs(t) do t[k] = int(v) end
-  return t
-end
+local int, ints = json.int, json.ints
 
 -- stop_type "eos" (end of generation) and "word" (a stop string) are a
 -- normal stop; "limit" is n_predict or the context running out.
@@ -51,7 +45,7 @@ local Decoder = {}
 Decoder.__index = Decoder
 
 function M.decoder(opts)
-  return setmetatable({ content = text.new(not (opts and opts.assemble == false)),
+  return setmetatable({ content = text.new(text.keep(opts)),
                         finished = false }, Decoder)
 end
 

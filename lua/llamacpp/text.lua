@@ -24,6 +24,11 @@ function Text:add(s)
   self.n = n
 end
 
+--- Whether a stream opened with `opts` keeps its text (assemble ~= false).
+function M.keep(opts)
+  return not (opts and opts.assemble == false)
+end
+
 --- The text so far: a string, or nil when nothing is kept.
 function Text:get()
   if not self.keep then return nil end

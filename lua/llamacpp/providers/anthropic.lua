@@ -297,7 +297,7 @@ Decoder.__index = Decoder
 
 -- opts.assemble = false: keep no text for done.content and err.partial
 function M.decoder(opts)
-  local keep = not (opts and opts.assemble == false)
+  local keep = Text.keep(opts)
   return setmetatable({ content = Text.new(keep), reasoning = Text.new(keep), tools = {}, blocks = {},
                         finished = false }, Decoder)
 end

@@ -10,7 +10,7 @@ local text = require "llamacpp.text"
 
 local M = {}
 
-local type, pairs, concat, floor = type, pairs, table.concat, math.floor
+local type, pairs, concat = type, pairs, table.concat
 
 -- llama-server's plain token chunk:
 --   {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"<text>"}}],
@@ -27,14 +27,7 @@ M.LLAMA_TEMPLATE = {
 
 local function str(v) if type(v) == "string" then return v end end
 
--- lua-cjson decodes every number as a float: counts read better as integers
-local function int(v) if type(v) == "number" and v == floor(v) then return floor(v) end return v end
-
-local function ints(t)
-  if type(t) ~= "table" then return nil end
-  for k, v in pairs(t) do t[k] = int(v) end
-  return t
-end
+local int, ints = json.int, json.ints
 
 M.str, M.int, M.ints = str, int, ints
 
@@ -200,7 +193,7 @@ function M.variant(spec)
 
   -- opts.assemble = false: keep no text for done.content and err.partial
   function P.decoder(opts)
-    local keep = not (opts and opts.assemble == false)
+    local keep = text.keep(opts)
     return setmetatable({ content = text.new(keep), reasoning = text.new(keep), tools = {},
                           finished = false }, Decoder)
   end
