@@ -4,7 +4,9 @@
 #   make LUA=luajit   LuaJIT  -> build/luajit/llamacpp/core.so
 #   make chat         build, then stream a chat from LLAMACPP_ENDPOINT
 #   make demo         build, then stream a recorded reply over loopback
-#   make test         both builds, the C tests, busted under lua5.4 and luajit
+#   make LUA=lua5.1   (and lua5.2, lua5.3) -> build/5.1/llamacpp/core.so
+#   make test         every build, the C tests, busted under lua5.4, luajit,
+#                     lua5.3, lua5.2 and lua5.1
 LUA ?= lua5.4
 ifeq ($(LUA),luajit)
 LUA_INCDIR ?= /usr/include/luajit-2.1
@@ -25,6 +27,7 @@ OUT = build/$(LUAV)/llamacpp/core.so
 
 DEBS = make gcc libc6-dev pkg-config curl libcurl4-openssl-dev \
   lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
+  lua5.3 liblua5.3-dev lua5.2 liblua5.2-dev lua5.1 liblua5.1-0-dev \
   coreutils lua-cjson lua-socket lua-busted luarocks lua-luv lua-check lua-ldoc neovim \
   valgrind openssl git clang libclang-rt-14-dev
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)

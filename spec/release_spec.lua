@@ -31,7 +31,7 @@ describe("release", function()
     assert.is_string(v)
     assert.truthy(v:match("^libcurl/%d+%.%d+%.%d+"), v)
     local p = io.popen("curl --version 2>/dev/null")
-    local cli = p and p:read("l")
+    local cli = p and p:read("*l")
     if p then p:close() end
     if cli then     -- same library as the curl tool on this machine
       assert.equal(cli:match("libcurl/(%S+)"), v:match("^libcurl/(%S+)"))

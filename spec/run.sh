@@ -1,9 +1,12 @@
 #!/bin/sh
-# The whole test suite: the C tests, then busted under Lua 5.4 and LuaJIT.
-# Ends with one line "N passed, N failed" summing them all.
+# The whole test suite: the C tests, then busted under Lua 5.4, LuaJIT,
+# 5.3, 5.2 and 5.1 (each with the core built for it).
+# Ends with one line "N passed, N failed, N skipped" summing them all.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-make -s all LUA=lua5.4 && make -s all LUA=luajit && make -s build/sse_test || exit 2
+LUAS="lua5.4 luajit lua5.3 lua5.2 lua5.1"
+for lua in $LUAS; do make -s all LUA=$lua || exit 2; done
+make -s build/sse_test || exit 2
 log=$(mktemp)
 status=0
 echo "== C: SSE/NDJSON parser"
@@ -11,7 +14,7 @@ out=$(mktemp)
 trap 'rm -f "$log" "$out"' EXIT
 build/sse_test spec/fixtures >"$out" 2>&1 || status=1
 cat "$out"; cat "$out" >>"$log"
-for lua in lua5.4 luajit; do
+for lua in $LUAS; do
   echo "== busted under $lua"
   "$lua" /usr/bin/busted -o utfTerminal "$@" >"$out" 2>&1 || status=1
   cat "$out"; cat "$out" >>"$log"

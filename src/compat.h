@@ -1,7 +1,8 @@
 /*
 ** compat.h: the few Lua 5.2+ functions the core calls, for PUC Lua 5.1.
 ** LuaJIT 2.1 and Lua 5.2-5.4 bring their own, so the shims are only
-** compiled where luaL_newlibtable is missing (PUC 5.1, old LuaJIT).
+** compiled where luaL_newlibtable is missing (PUC 5.1, old LuaJIT); inline,
+** so that a file using only one of them builds without a warning.
 */
 #ifndef LCPP_COMPAT_H
 #define LCPP_COMPAT_H
@@ -10,7 +11,7 @@
 #include "lauxlib.h"
 
 #if LUA_VERSION_NUM == 501 && !defined(luaL_newlibtable)
-static void lcpp_setfuncs (lua_State *L, const luaL_Reg *l, int nup) {
+static inline void lcpp_setfuncs (lua_State *L, const luaL_Reg *l, int nup) {
   luaL_checkstack(L, nup + 1, "too many upvalues");
   for (; l->name != NULL; l++) {
     int i;
@@ -23,7 +24,7 @@ static void lcpp_setfuncs (lua_State *L, const luaL_Reg *l, int nup) {
 }
 #define luaL_setfuncs(L, l, n)  lcpp_setfuncs(L, l, n)
 
-static void *lcpp_testudata (lua_State *L, int i, const char *tname) {
+static inline void *lcpp_testudata (lua_State *L, int i, const char *tname) {
   void *p = lua_touserdata(L, i);
   if (p == NULL || !lua_getmetatable(L, i)) return NULL;
   luaL_getmetatable(L, tname);

@@ -387,7 +387,8 @@ end
 -- @tparam[opt] number timeout_ms wait at most this long; none: until an event
 -- @treturn table|nil|false an @{llamacpp.event}, `nil` at the end, `false` on timeout
 function Stream:next(timeout_ms)
-  return self:_next(timeout_ms, false)
+  local ev = self:_next(timeout_ms, false)   -- not a tail call: error levels
+  return ev                                  -- count this frame on every Lua
 end
 
 --- True when next(0) would return an event (or the end) at once.

@@ -40,6 +40,17 @@ end
 
 local traceback = debug.traceback
 
+-- xpcall(f, handler, ...): PUC Lua 5.1's xpcall passes f no arguments
+-- (LuaJIT's and 5.2+'s do); there, a closure carries them.
+local xpcall_args = xpcall
+if not select(2, xpcall(function(a) return a end, traceback, true)) then
+  local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
+  xpcall_args = function(f, handler, ...)
+    local args = { n = select("#", ...), ... }
+    return xpcall(function() return f(unpack(args, 1, args.n)) end, handler)
+  end
+end
+
 -- One driver per (client, loop): the client's libcurl multi handle is
 -- served by this loop.
 local drivers = setmetatable({}, { __mode = "k" })
@@ -176,7 +187,7 @@ Handle.__name = "llamacpp.uv.Handle"
 -- Calls the user's callback; an error in it is reported and ends this
 -- request, never the loop.
 function Handle:call(f, ...)
-  local ok, err = xpcall(f, traceback, ...)
+  local ok, err = xpcall_args(f, traceback, ...)
   if not ok then
     report(self.driver, "callback failed: " .. tostring(err))
     self:cancel()
