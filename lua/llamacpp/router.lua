@@ -402,6 +402,9 @@ function Router:_chain(tier)
   return chain
 end
 
+-- check(router, rec, now), when given, replaces the blocking check: the
+-- event-loop driver (llamacpp.uv) starts the GET /health on its loop and
+-- the pass goes on with what is known.
 function Router:_check_health(rec, now)
   if not (self.health and rec.health_client) then return end
   if rec.checked_at and now - rec.checked_at < self.health.interval then return end
@@ -414,14 +417,15 @@ end
 -- The deployments to try in one pass: those free to take a request;
 -- when there are none, those cooling down or unhealthy (better than no
 -- answer). Deployments asked to wait (Retry-After) are never included.
-function Router:_candidates(tier)
+function Router:_candidates(tier, check)
   local chain = self:_chain(tier)
+  check = check or self._check_health
   local now = self.clock()
   local ready, resort = {}, {}
   for _, it in ipairs(chain) do
     local rec = it.rec
     if rec.retry_at <= now then
-      self:_check_health(rec, now)
+      check(self, rec, now)
       if rec.cool_until > now or rec.healthy == false then
         resort[#resort + 1] = it
       else
@@ -509,9 +513,9 @@ end
 local Plan = {}
 Plan.__index = Plan
 
-function Router:_plan(tier)
+function Router:_plan(tier, check)
   return setmetatable({ router = self, tier = tier, pass = 0, queue = {}, qi = 1,
-                        attempts = {}, waited = false }, Plan)
+                        attempts = {}, waited = false, check = check }, Plan)
 end
 
 -- The next deployment to try: an item { rec, tier }; or false, seconds to
@@ -541,7 +545,7 @@ function Plan:next()
     end
     self.waited = false
     self.pass = self.pass + 1
-    self.queue, self.chain = r:_candidates(self.tier)
+    self.queue, self.chain = r:_candidates(self.tier, self.check)
     self.qi = 1
   end
 end
@@ -832,5 +836,8 @@ function Router:check_health()
   end
   return self:status()
 end
+
+-- for llamacpp.uv, which runs the same plans on an event loop
+M._label, M._request_for = label, request_for
 
 return M

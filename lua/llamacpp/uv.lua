@@ -1,9 +1,10 @@
---- llamacpp.uv: drive a client from a libuv loop (Neovim's vim.uv, the
--- older vim.loop, or standalone luv), never blocking it.
+--- llamacpp.uv: drive a client or a router from a libuv loop (Neovim's
+-- vim.uv, the older vim.loop, or standalone luv), never blocking it.
 --
 --   local luv = require "llamacpp.uv"
 --   local h = luv.chat_stream(client, { messages = msgs }, function(ev) ... end)
 --   h:cancel()
+--   luv.router_stream(router, { messages = msgs }, function(ev) ... end)
 --
 -- The loop watches the sockets libcurl asks for (uv poll handles) and one
 -- timer set to the moment libcurl or a timeout next needs attention: no
@@ -13,6 +14,7 @@
 -- the loop and the other requests go on.
 -- @module llamacpp.uv
 local M = {}
+local errors = require "llamacpp.errors"
 
 local function default_uv()
   local vim = rawget(_G, "vim")
@@ -274,6 +276,19 @@ function M.chat_stream(client, req, on_event, opts)
   return start(client, opts, { stream = stream, on_event = on_event, pump = pump_stream })
 end
 
+-- A request whose answer is read whole: on_done(res) or on_done(nil, err).
+local function whole(client, method, path, body, parse, on_done, opts, label)
+  local t = client:_begin(method, path, body)
+  local function complete(tt, err)
+    local res, e = client:_complete(tt, err, false, parse)
+    if not res then return nil, e end
+    if label then label(res) end
+    return res
+  end
+  return start(client, opts, { t = t, on_done = on_done,
+                               complete = complete, pump = pump_whole })
+end
+
 --- A chat on the loop: on_done(res) or on_done(nil, err) once.
 function M.chat(client, req, on_done, opts)
   if not callable(on_done) then
@@ -283,15 +298,207 @@ function M.chat(client, req, on_done, opts)
     error("bad argument #2 to 'chat' (table expected, got " .. type(req) .. ")", 2)
   end
   local p = client.provider
-  local t = client:_begin("POST", p.chat_path, p.chat_body(req, false, client.model))
-  local function complete(tt, err)
-    local res, e = client:_complete(tt, err, false, p.parse_chat)
-    if not res then return nil, e end
-    res.provider = p.name
-    return res
-  end
-  return start(client, opts, { t = t, on_done = on_done,
-                               complete = complete, pump = pump_whole })
+  return whole(client, "POST", p.chat_path, p.chat_body(req, false, client.model),
+               p.parse_chat, on_done, opts, function(res) res.provider = p.name end)
 end
+
+
+-- {====== routers ======
+-- The router's plans (llamacpp.router) run on the loop: each attempt is a
+-- request of the deployment's client on this loop, a backoff is a timer,
+-- a health check a request of its own whose answer the next pass uses.
+-- Nothing here sleeps or waits on a socket.
+
+local function health_check(uv, opts)
+  local hopts = { uv = uv, on_error = opts and opts.on_error }
+  return function(router, rec, at)
+    if not (router.health and rec.health_client) or rec.health_pending then return end
+    if rec.checked_at and at - rec.checked_at < router.health.interval then return end
+    rec.health_pending = true
+    whole(rec.health_client, "GET", "/health", nil, nil, function(obj, err)
+      rec.health_pending = nil
+      rec.checked_at = router.clock()
+      rec.healthy = obj ~= nil
+      rec.health_error = err
+    end, hopts)
+  end
+end
+
+--- A request through a router, on a loop.
+local Routed = {}
+Routed.__index = Routed
+Routed.__name = "llamacpp.uv.RoutedHandle"
+
+-- The user's callback, as Handle:call: an error is reported and cancels.
+function Routed:call(f, ...)
+  local ok, err = xpcall_args(f, traceback, ...)
+  if not ok then
+    report(self, "callback failed: " .. tostring(err))
+    self:cancel()
+  end
+  return ok
+end
+
+function Routed:_release()
+  if self.key then
+    self.key.ended = true            -- no longer in the deployment's inflight
+    self.rec.active[self.key] = nil
+    self.key, self.rec = nil, nil
+  end
+end
+
+function Routed:_wait(seconds, f)
+  if not self.timer then self.timer = self.uv.new_timer() end
+  self.waiting = true
+  self.timer:start(math.max(0, math.ceil(seconds * 1000)), 0, function()
+    self.waiting = false
+    f()
+  end)
+end
+
+--- Cancels the request: the current attempt is aborted, a pending backoff
+-- dropped, and no callback is called any more. Idempotent.
+function Routed:cancel()
+  if self.cancelled then return end
+  self.cancelled, self.ended = true, true
+  if self.cur then self.cur:cancel() end
+  self.cur = nil
+  self:_release()
+  self.waiting = false
+  if self.timer then
+    self.timer:stop()
+    self.timer:close()
+    self.timer = nil
+  end
+end
+
+function Routed:_end()
+  self.ended = true
+  self.cur = nil
+  self:_release()
+  if self.timer then
+    self.timer:close()
+    self.timer = nil
+  end
+end
+
+-- Runs a plan: attempt(it, done) starts the request of one deployment and
+-- returns its uv handle; it calls done(err) when that attempt failed in a
+-- way the router may retry. finish(err) ends the request with the plan's
+-- last error.
+local function run_plan(h, plan, attempt, finish)
+  local function step()
+    if h.cancelled then return end
+    local it, delay = plan:next()
+    if it == nil then
+      h:_end()
+      return finish(plan:error())
+    end
+    if it == false then return h:_wait(delay, step) end
+    local key = { ended = false }     -- counts in the deployment's inflight
+    it.rec.active[key] = true
+    h.key, h.rec = key, it.rec
+    local ok, cur = pcall(attempt, it, function(err)
+      h.cur = nil
+      h:_release()
+      plan:record(it, err)
+      step()
+    end)
+    if ok then
+      h.cur = cur
+    else                 -- the deployment's provider refused the request
+      h:_end()
+      finish(errors.new("no_provider", "deployment " .. it.rec.name ..
+        " cannot take this request: " .. tostring(cur),
+        { attempts = plan.attempts, tier = plan.tier.name, retryable = false }))
+    end
+  end
+  step()
+end
+
+local function routed(router, req, fname, cb, opts)
+  if type(router) ~= "table" or type(router._plan) ~= "function" then
+    error("bad argument #1 to '" .. fname .. "' (router expected)", 3)
+  end
+  if type(req) ~= "table" then
+    error("bad argument #2 to '" .. fname .. "' (table expected, got " .. type(req) .. ")", 3)
+  end
+  if not callable(cb) then
+    error("bad argument #3 to '" .. fname .. "' (function expected)", 3)
+  end
+  local R = require "llamacpp.router"
+  require("llamacpp.providers.openai").check_request(req, 4)
+  local tier = router:_tier_of(req, 3)
+  local uv = (opts and opts.uv) or default_uv()
+  local h = setmetatable({ uv = uv, on_error = opts and opts.on_error,
+                           ended = false, cancelled = false, waiting = false }, Routed)
+  return h, R, router:_plan(tier, health_check(uv, opts)), uv
+end
+
+--- Streams a chat through a router on the loop: on_event(ev) for every
+-- event, each with ev.provider (the last is done, with attempts, or
+-- error). A deployment that fails before its first event is retried or
+-- left for the next as the router's rules say; backoff waits are timers
+-- and health checks requests on the loop, so the loop never blocks.
+-- opts as for chat_stream. Returns a handle with :cancel().
+function M.router_stream(router, req, on_event, opts)
+  local h, R, plan, uv = routed(router, req, "router_stream", on_event, opts)
+  local so = { uv = uv, on_error = opts and opts.on_error }
+  if opts and opts.assemble ~= nil then so.assemble = opts.assemble end
+  run_plan(h, plan, function(it, retry)
+    local rec, delivered = it.rec, 0
+    return M.chat_stream(rec.client, R._request_for(rec, req), function(ev)
+      if h.cancelled then return end
+      if ev.type == "error" then
+        local err = R._label(ev.error, it)
+        router:_failed(rec, err)
+        if delivered == 0 and err.retryable then return retry(err) end
+        h:_end()
+      else
+        delivered = delivered + 1
+        if ev.type == "done" then
+          router:_succeeded(rec)
+          R._label(ev, it).attempts = plan.attempts
+          h:_end()
+        end
+      end
+      ev.provider = rec.name
+      h:call(on_event, ev)
+    end, so)
+  end, function(err)
+    h:call(on_event, { type = "error", error = err })
+  end)
+  return h
+end
+
+--- A chat through a router on the loop: on_done(res) (res.provider, the
+-- deployment that answered, and res.attempts) or on_done(nil, err) once.
+-- opts as for chat. Returns a handle with :cancel().
+function M.router_chat(router, req, on_done, opts)
+  local h, R, plan, uv = routed(router, req, "router_chat", on_done, opts)
+  local co = { uv = uv, on_error = opts and opts.on_error }
+  run_plan(h, plan, function(it, retry)
+    local rec = it.rec
+    return M.chat(rec.client, R._request_for(rec, req), function(res, err)
+      if h.cancelled then return end
+      if res then
+        router:_succeeded(rec)
+        R._label(res, it).attempts = plan.attempts
+        h:_end()
+        return h:call(on_done, res)
+      end
+      R._label(err, it)
+      router:_failed(rec, err)
+      if err.retryable then return retry(err) end
+      h:_end()
+      h:call(on_done, nil, err)
+    end, co)
+  end, function(err)
+    h:call(on_done, nil, err)
+  end)
+  return h
+end
+
+-- }======
 
 return M
