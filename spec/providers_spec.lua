@@ -28,13 +28,7 @@ local cjson = require "cjson"
 local MSGS = { { role = "user", content = "Say hello." } }
 local KINDS = { content = true, reasoning = true, tool_call = true, done = true, error = true }
 
-local function text_of(evs, kind)
-  local out = {}
-  for _, ev in ipairs(evs) do
-    if ev.type == (kind or "content") then out[#out + 1] = ev.content end
-  end
-  return table.concat(out)
-end
+local text_of = util.text_of
 
 local function count(evs, kind)
   local n = 0

@@ -25,9 +25,7 @@ local function fake_time()
   return t
 end
 
-local function down()
-  return "http://127.0.0.1:" .. util.closed_port()
-end
+local down = util.down
 
 local function types_of(evs)
   local out = {}
@@ -50,13 +48,7 @@ describe("llamacpp.router", function()
   teardown(function() srv:stop() end)
 
   -- requests whose path contains `part`
-  local function hits(part)
-    local n = 0
-    for _, r in ipairs(srv:requests()) do
-      if r.path:find(part, 1, true) then n = n + 1 end
-    end
-    return n
-  end
+  local function hits(part) return util.hits(srv, part) end
 
   local function new(opts)
     local t = opts.time or fake_time()

@@ -22,13 +22,7 @@ local function stream_fixture(events, opts)
     { chunks = { fixture.sse_body(events) .. ((opts and opts.tail) or "") } })
 end
 
-local function text_of(evs)
-  local out = {}
-  for _, ev in ipairs(evs) do
-    if ev.type == "content" then out[#out + 1] = ev.content end
-  end
-  return table.concat(out)
-end
+local text_of = util.text_of
 
 describe("llamacpp.Stream", function()
   local srv

@@ -62,6 +62,29 @@ function M.closed_port()
   return tonumber(port)
 end
 
+-- A URL where nothing listens.
+function M.down()
+  return "http://127.0.0.1:" .. M.closed_port()
+end
+
+-- The text of a list of events of one type (default "content"), joined.
+function M.text_of(evs, kind)
+  local out = {}
+  for _, ev in ipairs(evs) do
+    if ev.type == (kind or "content") then out[#out + 1] = ev.content end
+  end
+  return table.concat(out)
+end
+
+-- How many requests the fixture server srv logged with `part` in the path.
+function M.hits(srv, part)
+  local n = 0
+  for _, r in ipairs(srv:requests()) do
+    if r.path:find(part, 1, true) then n = n + 1 end
+  end
+  return n
+end
+
 -- Collects every event of a stream iterator.
 function M.collect(iter, state, ctl, closing)
   local evs = {}

@@ -11,17 +11,9 @@ local lu = require "llamacpp.uv"
 
 local MSGS = { { role = "user", content = "Say hello." } }
 
-local function down()
-  return "http://127.0.0.1:" .. util.closed_port()
-end
+local down = util.down
 
-local function text_of(evs)
-  local out = {}
-  for _, ev in ipairs(evs) do
-    if ev.type == "content" then out[#out + 1] = ev.content end
-  end
-  return table.concat(out)
-end
+local text_of = util.text_of
 
 -- A router whose sleep raises: on a loop, waiting must be a timer.
 local function new(opts)
@@ -55,13 +47,7 @@ describe("llamacpp.uv with a router", function()
   end)
   teardown(function() srv:stop() end)
 
-  local function hits(part)
-    local n = 0
-    for _, r in ipairs(srv:requests()) do
-      if r.path:find(part, 1, true) then n = n + 1 end
-    end
-    return n
-  end
+  local function hits(part) return util.hits(srv, part) end
 
   it("streams from the second deployment when the first is down", function()
     local r = new{ tiers = { fast = { { name = "one", endpoint = down() },
@@ -176,6 +162,21 @@ describe("llamacpp.uv with a router", function()
     assert.equal(0, #evs)
     assert.is_true(h.cancelled)
     assert.same({}, left)             -- the 5 s backoff timer is gone with the cancel
+    assert.equal(0, r:status()[1].inflight)
+  end)
+
+  it("reports a callback that raises to the request's on_error and cancels it", function()
+    local r = new{ tiers = { x = { { name = "x", endpoint = srv:replay("stream", "pace=5") } } } }
+    local reported, seen = {}, 0
+    local h = lu.router_stream(r, { messages = MSGS }, function()
+      seen = seen + 1
+      error("boom in a routed callback")
+    end, { uv = luv, on_error = function(msg) reported[#reported + 1] = msg end })
+    luv.run()
+    assert.equal(1, seen)
+    assert.equal(1, #reported)
+    assert.matches("boom in a routed callback", reported[1])
+    assert.is_true(h.cancelled)
     assert.equal(0, r:status()[1].inflight)
   end)
 

@@ -10,13 +10,7 @@ local lu = require "llamacpp.uv"
 
 local MSGS = { { role = "user", content = "Say hello." } }
 
-local function text_of(evs)
-  local out = {}
-  for _, ev in ipairs(evs) do
-    if ev.type == "content" then out[#out + 1] = ev.content end
-  end
-  return table.concat(out)
-end
+local text_of = util.text_of
 
 describe("llamacpp.uv", function()
   if not has_luv then
@@ -79,13 +73,18 @@ describe("llamacpp.uv", function()
 
   it("reports a callback that raises, cancels its request, and lets the others finish", function()
     local c = llamacpp.new{ endpoint = srv:replay("chat_stream", "pace=5") }
-    local reported, other = {}, {}
+    local reported, mine, other = {}, {}, {}
     local opts = { uv = luv, on_error = function(msg) reported[#reported + 1] = msg end }
+    -- on_error is each request's own: the first request on this client and
+    -- loop (here, one that never fails) does not catch the others' reports
+    lu.chat_stream(c, { messages = MSGS }, function(ev) other[#other + 1] = ev end,
+                   { uv = luv, on_error = function(msg) mine[#mine + 1] = msg end })
     lu.chat_stream(c, { messages = MSGS }, function() error("boom in callback") end, opts)
     lu.chat_stream(c, { messages = MSGS }, function(ev) other[#other + 1] = ev end, opts)
     luv.run()
     assert.equal(1, #reported)
     assert.matches("boom in callback", reported[1])
+    assert.equal(0, #mine)
     assert.equal("done", other[#other].type)
   end)
 

@@ -27,9 +27,9 @@ local function default_uv()
   error("llamacpp.uv needs vim.uv, vim.loop or the luv module", 3)
 end
 
-local function report(d, msg)
-  if d.on_error then
-    local ok = pcall(d.on_error, msg)
+local function report(h, msg)
+  if h.on_error then
+    local ok = pcall(h.on_error, msg)
     if ok then return end
   end
   local vim = rawget(_G, "vim")
@@ -60,7 +60,7 @@ local drivers = setmetatable({}, { __mode = "k" })
 local Driver = {}
 Driver.__index = Driver
 
-local function driver(client, uv, opts)
+local function driver(client, uv)
   local by_loop = drivers[client]
   if not by_loop then
     by_loop = {}
@@ -70,8 +70,7 @@ local function driver(client, uv, opts)
   if d then return d end
   d = setmetatable({ client = client, session = client.session, uv = uv,
                      polls = {}, serials = {}, active = {}, nactive = 0,
-                     timer = nil, idle = true,
-                     on_error = opts and opts.on_error }, Driver)
+                     timer = nil, idle = true }, Driver)
   d.epfd = d.session:fd()
   if d.epfd then d.epoll = uv.new_poll(d.epfd) end
   by_loop[uv] = d
@@ -187,15 +186,16 @@ Handle.__index = Handle
 Handle.__name = "llamacpp.uv.Handle"
 
 -- Calls the user's callback; an error in it is reported and ends this
--- request, never the loop.
-function Handle:call(f, ...)
+-- request (h), never the loop.
+local function call(h, f, ...)
   local ok, err = xpcall_args(f, traceback, ...)
   if not ok then
-    report(self.driver, "callback failed: " .. tostring(err))
-    self:cancel()
+    report(h, "callback failed: " .. tostring(err))
+    h:cancel()
   end
   return ok
 end
+Handle.call = call
 
 function Handle:finish()
   self.finished = true
@@ -246,7 +246,8 @@ end
 
 local function start(client, opts, h)
   local uv = (opts and opts.uv) or default_uv()
-  h.driver = driver(client, uv, opts)
+  h.driver = driver(client, uv)
+  h.on_error = opts and opts.on_error        -- this request's, not the loop's
   setmetatable(h, Handle)
   h.driver:add(h)
   -- libcurl wants its timer at once to start the transfer: callbacks
@@ -329,15 +330,7 @@ local Routed = {}
 Routed.__index = Routed
 Routed.__name = "llamacpp.uv.RoutedHandle"
 
--- The user's callback, as Handle:call: an error is reported and cancels.
-function Routed:call(f, ...)
-  local ok, err = xpcall_args(f, traceback, ...)
-  if not ok then
-    report(self, "callback failed: " .. tostring(err))
-    self:cancel()
-  end
-  return ok
-end
+Routed.call = call
 
 function Routed:_release()
   if self.key then
