@@ -165,6 +165,22 @@ describe("llamacpp.uv with a router", function()
     assert.equal(0, r:status()[1].inflight)
   end)
 
+  it("cancels a request in flight: the server sees the disconnect, no callback comes", function()
+    local r = new{ tiers = { x = { { name = "x", endpoint = srv:replay("ok", "delay=1000") } } } }
+    local calls, h = 0, nil
+    local stop = ticker(5, function(stop)
+      if h and util.hits(srv, "/replay/ok/delay=1000/") > 0 then h:cancel(); stop() end
+    end)
+    h = lu.router_chat(r, { messages = MSGS }, function() calls = calls + 1 end, O)
+    luv.run()
+    stop()
+    assert.equal(0, calls)
+    assert.truthy(srv:wait_for(function(rec)
+      return rec.event == "abort" and rec.path:find("/replay/ok/delay=1000/", 1, true)
+    end, 5), "no abort in the server log")
+    assert.equal(0, r:status()[1].inflight)
+  end)
+
   it("reports a callback that raises to the request's on_error and cancels it", function()
     local r = new{ tiers = { x = { { name = "x", endpoint = srv:replay("stream", "pace=5") } } } }
     local reported, seen = {}, 0
