@@ -181,6 +181,23 @@ describe("examples/nvim in a real Neovim", function()
     assert.equal("hello there", body.messages[#body.messages].content)
   end)
 
+  it("runs a router on Neovim's loop: failover, and a backoff that is a timer", function()
+    local want = util.expected("chat_stream_usage")
+    local res, _, stderr = run_nvim{ scenario = "router", root = ROOT, down = util.down(),
+                                     endpoint = srv:replay("chat_stream_usage", "pace=2") }
+    assert.is_nil(res.error)
+    assert.equal("done", res.failover.type)
+    assert.equal("up", res.failover.provider)
+    assert.equal(want.content, res.failover.content)
+    assert.equal(1, res.failover.attempts)
+    assert.equal("down", res.failover.first)
+    assert.is_false(res.backoff.ok)
+    assert.equal("no_provider", res.backoff.kind)
+    assert.equal(2, res.backoff.attempts)             -- two passes ...
+    assert.is_true(res.backoff.ticks_waiting > 0)     -- ... and the loop ran between them
+    assert.equal("", stderr)
+  end)
+
   it("takes the endpoint from LLAMACPP_ENDPOINT when setup() gives none", function()
     local want = util.expected("chat_stream")
     local ep = srv:replay("chat_stream", "drip")

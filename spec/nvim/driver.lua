@@ -8,13 +8,14 @@
 -- is a coroutine resumed from the loop, not a vim.wait() nested in a
 -- command). It writes what it saw as JSON to args.out, then quits.
 --
--- args: scenario ("chat", "cancel", "measure"), out, endpoint (nil: leave
+-- args: scenario ("chat", "cancel", "measure", "router"), out, endpoint (nil: leave
 -- setup() alone so $LLAMACPP_ENDPOINT is used), prompt, timeout_ms (the
 -- whole run), wait_ms (one wait), cancel_after (answer bytes to wait for
 -- before :LlamaCancel), warm (an endpoint for a first, unmeasured chat),
 -- tick_ms (the probe timer's period), idle_ms (a baseline before the chat),
 -- root (setup{root=}: a llamacpp checkout to load the module from),
--- events (how many events the measured chat will bring).
+-- events (how many events the measured chat will bring), down (a URL where
+-- nothing listens).
 -- luacheck: globals vim
 local uv = vim.uv or vim.loop
 local unpack = rawget(table, "unpack") or _G.unpack
@@ -278,6 +279,48 @@ function scenarios.measure()
   note("done")
   probe_stop()
   R.lines, R.last = lines(plugin.buf()), plugin.last
+end
+
+-- A router on Neovim's loop through llamacpp.uv: a failover (a closed
+-- port, then args.endpoint) and a backoff between two passes over a closed
+-- port. args.down: the closed port's URL. The router's sleep raises: on
+-- the loop a backoff must be a timer.
+function scenarios.router()
+  local root = A.root
+  package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+  package.cpath = root .. "/build/luajit/?.so;" .. package.cpath
+  local lu = require "llamacpp.uv"
+  local router = require "llamacpp.router"
+  local function new(tier, retries)
+    return router.new{ retries = retries, backoff = { base = 0.2, max = 0.2 },
+                       random = function() return 1 end,
+                       sleep = function() error("the router slept") end,
+                       tiers = { t = tier } }
+  end
+  local msgs = { { role = "user", content = "hello" } }
+  -- failover
+  local evs = {}
+  lu.router_stream(new({ { name = "down", endpoint = A.down },
+                         { name = "up", endpoint = A.endpoint } }, 0),
+                   { messages = msgs }, function(ev) evs[#evs + 1] = ev end)
+  wait(function() local l = evs[#evs]; return l and (l.type == "done" or l.type == "error") end, A.wait_ms)
+  local text = {}
+  for _, ev in ipairs(evs) do if ev.type == "content" then text[#text + 1] = ev.content end end
+  local last = evs[#evs]
+  R.failover = { type = last.type, provider = last.provider, content = table.concat(text),
+                 attempts = #(last.attempts or {}),
+                 first = last.attempts and last.attempts[1] and last.attempts[1].provider }
+  -- backoff: two passes over a closed port, a timer between them
+  local ticks_waiting, res, err = 0, nil, nil
+  local probe = uv.new_timer()
+  local h
+  probe:start(5, 5, function() if h and h.waiting then ticks_waiting = ticks_waiting + 1 end end)
+  h = lu.router_chat(new({ { name = "down", endpoint = A.down } }, 1), { messages = msgs },
+                     function(a, b) res, err = a or false, b end)
+  wait(function() return res ~= nil end, A.wait_ms)
+  probe:stop(); probe:close()
+  R.backoff = { ok = res ~= false, kind = err and err.kind, attempts = err and #err.attempts,
+                ticks_waiting = ticks_waiting }
 end
 
 co = coroutine.create(function()
