@@ -312,13 +312,13 @@ function scenarios.router()
                  first = last.attempts and last.attempts[1] and last.attempts[1].provider }
   -- backoff: two passes over a closed port, a timer between them
   local ticks_waiting, res, err = 0, nil, nil
-  local probe = uv.new_timer()
+  local ticker = uv.new_timer()
   local h
-  probe:start(5, 5, function() if h and h.waiting then ticks_waiting = ticks_waiting + 1 end end)
+  ticker:start(5, 5, function() if h and h.waiting then ticks_waiting = ticks_waiting + 1 end end)
   h = lu.router_chat(new({ { name = "down", endpoint = A.down } }, 1), { messages = msgs },
                      function(a, b) res, err = a or false, b end)
   wait(function() return res ~= nil end, A.wait_ms)
-  probe:stop(); probe:close()
+  ticker:stop(); ticker:close()
   R.backoff = { ok = res ~= false, kind = err and err.kind, attempts = err and #err.attempts,
                 ticks_waiting = ticks_waiting }
 end
