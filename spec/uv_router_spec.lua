@@ -165,6 +165,29 @@ describe("llamacpp.uv with a router", function()
     assert.equal(0, r:status()[1].inflight)
   end)
 
+  it("calls back from the loop even when the router has nothing to try at once", function()
+    srv:write("limited", fixture.http_response(429, { { "Retry-After", "3600" },
+      { "Content-Type", "application/json" } },
+      '{"error":{"code":429,"message":"slow down","type":"rate_limit_error"}}'))
+    local r = new{ retries = 0, tiers = { x = { { name = "limited", endpoint = srv:replay("limited") } } } }
+    local _, err = r:chat{ messages = MSGS }           -- the deployment now says: in an hour
+    assert.equal("no_provider", err.kind)
+    assert.equal(429, err.attempts[1].error.status)
+    local before = hits("/replay/limited/")
+    local evs, calls = {}, {}
+    lu.router_stream(r, { messages = MSGS }, function(ev) evs[#evs + 1] = ev end, O)
+    lu.router_chat(r, { messages = MSGS }, function(res, e) calls[#calls + 1] = { res, e } end, O)
+    assert.equal(0, #evs)                    -- not inside the calls
+    assert.equal(0, #calls)
+    luv.run()
+    assert.equal(1, #evs)
+    assert.equal("no_provider", evs[1].error.kind)
+    assert.equal(1, #calls)
+    assert.is_nil(calls[1][1])
+    assert.equal("no_provider", calls[1][2].kind)
+    assert.equal(before, hits("/replay/limited/"))     -- nothing was sent
+  end)
+
   it("cancels a request in flight: the server sees the disconnect, no callback comes", function()
     local r = new{ tiers = { x = { { name = "x", endpoint = srv:replay("ok", "delay=1000") } } } }
     local calls, h = 0, nil

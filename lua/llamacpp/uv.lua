@@ -380,13 +380,22 @@ end
 -- way the router may retry. finish(err) ends the request with the plan's
 -- last error.
 local function run_plan(h, plan, attempt, finish)
+  local starting = true
+  local function ended(err)
+    h:_end()
+    if not starting then return finish(err) end
+    -- over before the first attempt: call back from the loop all the same,
+    -- never inside router_stream / router_chat
+    local t = h.uv.new_timer()
+    t:start(0, 0, function()
+      t:close()
+      if not h.cancelled then finish(err) end
+    end)
+  end
   local function step()
     if h.cancelled then return end
     local it, delay = plan:next()
-    if it == nil then
-      h:_end()
-      return finish(plan:error())
-    end
+    if it == nil then return ended(plan:error()) end
     if it == false then return h:_wait(delay, step) end
     local key = { ended = false }     -- counts in the deployment's inflight
     it.rec.active[key] = true
@@ -400,13 +409,13 @@ local function run_plan(h, plan, attempt, finish)
     if ok then
       h.cur = cur
     else                 -- the deployment's provider refused the request
-      h:_end()
-      finish(errors.new("no_provider", "deployment " .. it.rec.name ..
+      ended(errors.new("no_provider", "deployment " .. it.rec.name ..
         " cannot take this request: " .. tostring(cur),
         { attempts = plan.attempts, tier = plan.tier.name, retryable = false }))
     end
   end
   step()
+  starting = false
 end
 
 local function routed(router, req, fname, cb, opts)
