@@ -402,9 +402,6 @@ function Router:_chain(tier)
   return chain
 end
 
--- check(router, rec, now), when given, replaces the blocking check: the
--- event-loop driver (llamacpp.uv) starts the GET /health on its loop and
--- the pass goes on with what is known.
 function Router:_check_health(rec, now)
   if not (self.health and rec.health_client) then return end
   if rec.checked_at and now - rec.checked_at < self.health.interval then return end
@@ -417,6 +414,9 @@ end
 -- The deployments to try in one pass: those free to take a request;
 -- when there are none, those cooling down or unhealthy (better than no
 -- answer). Deployments asked to wait (Retry-After) are never included.
+-- check(router, rec, now), when given, replaces the blocking health check:
+-- llamacpp.uv starts the GET /health on its loop, and the pass goes on
+-- with what is known.
 function Router:_candidates(tier, check)
   local chain = self:_chain(tier)
   check = check or self._check_health
