@@ -1,6 +1,6 @@
 # Memory checks, fuzzing and the soak run (DESIGN.md section 6; issue 8).
 #   make asan          llamacpp.core with AddressSanitizer + UBSan, and the whole
-#                      spec suite under Lua 5.4 and LuaJIT on it; fails on any report
+#                      spec suite under Lua 5.4, LuaJIT and 5.1 on it; fails on any report
 #   make valgrind      the spec suite (VALGRIND_SPECS) under valgrind, Lua 5.4,
 #                      on the normal build; fails on a leak or an invalid access
 #   make fuzz          libFuzzer over the SSE/NDJSON parser for FUZZ_TIME seconds,
@@ -20,11 +20,11 @@
 # and an instrumented module needs the ASan runtime loaded first. LD_PRELOAD
 # would do, but every child process would inherit it (fixture servers, Neovim,
 # luarocks). spec/c/luahost.c is a plain `lua SCRIPT ARGS` linked with
-# -fsanitize=address against the system's liblua5.4 / libluajit: the runtime is
+# -fsanitize=address against the system's liblua5.4 / libluajit / liblua5.1: the runtime is
 # in the executable, only the process running busted is checked, LeakSanitizer
 # runs at its exit (after lua_close has run every __gc).
 
-ASAN_LUAS ?= lua5.4 luajit
+ASAN_LUAS ?= lua5.4 luajit lua5.1
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow \
   -fno-sanitize-recover=all
 # leaks are checked at exit; a report makes busted's exit status non-zero
@@ -54,8 +54,7 @@ build/asan/luahost-%: spec/c/luahost.c mk/check.mk
 # (fixture servers, scripts that load the module): they run checked too, and a
 # plain interpreter never meets the instrumented module.
 asan-build: $(foreach l,$(ASAN_LUAS),build/asan/luahost-$(l) build/asan/$(call luav,$(l))/llamacpp/core.so)
-	$(MAKE) -s all LUA=lua5.4
-	$(MAKE) -s all LUA=luajit
+	@for l in $(ASAN_LUAS); do $(MAKE) -s all LUA=$$l || exit 1; done
 	@mkdir -p build/asan/bin
 	@for l in $(ASAN_LUAS); do ln -sf ../luahost-$$l build/asan/bin/$$l; done
 	@# luarocks (install_spec) takes the Lua it finds on PATH for an installed

@@ -84,7 +84,15 @@ static void sentinel (lua_State *L) {
 static int traceback (lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) msg = "(error object is not a string)";
+#if LUA_VERSION_NUM == 501 && !defined(LUA_JITLIBNAME)
+  lua_getglobal(L, "debug");          /* PUC 5.1 has no luaL_traceback */
+  lua_getfield(L, -1, "traceback");
+  lua_pushstring(L, msg);
+  lua_pushinteger(L, 2);
+  lua_call(L, 2, 1);
+#else
   luaL_traceback(L, L, msg, 1);
+#endif
   return 1;
 }
 
