@@ -52,10 +52,14 @@ describe("llamacpp.uv with a router", function()
   it("streams from the second deployment when the first is down", function()
     local r = new{ tiers = { fast = { { name = "one", endpoint = down() },
                                       { name = "two", endpoint = srv:replay("stream") } } } }
-    local evs = {}
-    lu.router_stream(r, { messages = MSGS }, function(ev) evs[#evs + 1] = ev end, O)
+    local evs, busy = {}, {}
+    lu.router_stream(r, { messages = MSGS }, function(ev)
+      evs[#evs + 1] = ev
+      if #evs == 1 then busy = { r:status()[1].inflight, r:status()[2].inflight } end
+    end, O)
     assert.equal(0, #evs)              -- nothing is called back inside the call
     luv.run()                          -- returns when nothing is watched any more
+    assert.same({ 0, 1 }, busy)        -- least_busy sees the stream while it runs
     local last = evs[#evs]
     assert.equal("done", last.type)
     assert.equal(util.expected("chat_stream_usage").content, text_of(evs))
