@@ -88,6 +88,20 @@ describe("llamacpp.uv", function()
     assert.equal("done", other[#other].type)
   end)
 
+  it("raises at the caller's line, before sending anything, when there is no loop", function()
+    local loaded, preload = package.loaded.luv, package.preload.luv
+    package.loaded.luv, package.preload.luv = nil, function() error("luv hidden by the spec") end
+    local c = llamacpp.new{ endpoint = srv:replay("chat_stream", "stall=0,noloop") }
+    local ok1, msg1 = pcall(function() local h = lu.chat_stream(c, { messages = MSGS }, print); return h end)
+    local ok2, msg2 = pcall(function() local h = lu.chat(c, { messages = MSGS }, print); return h end)
+    package.loaded.luv, package.preload.luv = loaded, preload
+    assert.is_false(ok1)
+    assert.matches("^spec/uv_spec%.lua:%d+: llamacpp.uv needs vim.uv, vim.loop or the luv module", msg1)
+    assert.is_false(ok2)
+    assert.matches("^spec/uv_spec%.lua:%d+: llamacpp.uv needs", msg2)
+    assert.equal(0, util.hits(srv, "noloop"))
+  end)
+
   it("chat calls back once with the result, or with the error", function()
     local c = llamacpp.new{ endpoint = srv:replay("chat_nonstream", "delay=50") }
     local calls = {}

@@ -16,7 +16,10 @@
 local M = {}
 local errors = require "llamacpp.errors"
 
-local function default_uv()
+-- The loop: opts.uv, else vim.uv / vim.loop, else luv. Raises at `level`
+-- (the public function's caller, counted from the public function).
+local function loop_of(opts, level)
+  if opts and opts.uv then return opts.uv end
   local vim = rawget(_G, "vim")
   if type(vim) == "table" then
     local uv = vim.uv or vim.loop
@@ -24,7 +27,7 @@ local function default_uv()
   end
   local ok, luv = pcall(require, "luv")
   if ok then return luv end
-  error("llamacpp.uv needs vim.uv, vim.loop or the luv module", 3)
+  error("llamacpp.uv needs vim.uv, vim.loop or the luv module", level + 1)
 end
 
 local function report(h, msg)
@@ -244,8 +247,7 @@ function Handle:cancel()
   if was_active then self.driver:sync() end
 end
 
-local function start(client, opts, h)
-  local uv = (opts and opts.uv) or default_uv()
+local function start(client, uv, opts, h)
   h.driver = driver(client, uv)
   h.on_error = opts and opts.on_error        -- this request's, not the loop's
   setmetatable(h, Handle)
@@ -271,14 +273,15 @@ function M.chat_stream(client, req, on_event, opts)
   if not callable(on_event) then
     error("bad argument #3 to 'chat_stream' (function expected)", 2)
   end
+  local uv = loop_of(opts, 2)          -- before anything is sent
   local so
   if opts and opts.assemble ~= nil then so = { assemble = opts.assemble } end
   local stream = client:open_stream(req, so)
-  return start(client, opts, { stream = stream, on_event = on_event, pump = pump_stream })
+  return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream })
 end
 
 -- A request whose answer is read whole: on_done(res) or on_done(nil, err).
-local function whole(client, method, path, body, parse, on_done, opts, label)
+local function whole(client, uv, method, path, body, parse, on_done, opts, label)
   local t = client:_begin(method, path, body)
   local function complete(tt, err)
     local res, e = client:_complete(tt, err, false, parse)
@@ -286,8 +289,8 @@ local function whole(client, method, path, body, parse, on_done, opts, label)
     if label then label(res) end
     return res
   end
-  return start(client, opts, { t = t, on_done = on_done,
-                               complete = complete, pump = pump_whole })
+  return start(client, uv, opts, { t = t, on_done = on_done,
+                                   complete = complete, pump = pump_whole })
 end
 
 --- A chat on the loop: on_done(res) or on_done(nil, err) once.
@@ -298,8 +301,9 @@ function M.chat(client, req, on_done, opts)
   if type(req) ~= "table" then
     error("bad argument #2 to 'chat' (table expected, got " .. type(req) .. ")", 2)
   end
+  local uv = loop_of(opts, 2)
   local p = client.provider
-  return whole(client, "POST", p.chat_path, p.chat_body(req, false, client.model),
+  return whole(client, uv, "POST", p.chat_path, p.chat_body(req, false, client.model),
                p.parse_chat, on_done, opts, function(res) res.provider = p.name end)
 end
 
@@ -316,7 +320,7 @@ local function health_check(uv, opts)
     if not (router.health and rec.health_client) or rec.health_pending then return end
     if rec.checked_at and at - rec.checked_at < router.health.interval then return end
     rec.health_pending = true
-    whole(rec.health_client, "GET", "/health", nil, nil, function(obj, err)
+    whole(rec.health_client, uv, "GET", "/health", nil, nil, function(obj, err)
       rec.health_pending = nil
       rec.checked_at = router.clock()
       rec.healthy = obj ~= nil
@@ -431,7 +435,7 @@ local function routed(router, req, fname, cb, opts)
   local R = require "llamacpp.router"
   require("llamacpp.providers.openai").check_request(req, 4)
   local tier = router:_tier_of(req, 3)
-  local uv = (opts and opts.uv) or default_uv()
+  local uv = loop_of(opts, 3)
   local h = setmetatable({ uv = uv, on_error = opts and opts.on_error,
                            ended = false, cancelled = false, waiting = false }, Routed)
   return h, R, router:_plan(tier, health_check(uv, opts)), uv
