@@ -263,8 +263,22 @@ function Client:_redirect(status, headers)
                     { status = status, code = "REDIRECT" })
 end
 
+-- Coroutines of llamacpp.uv: a method running in one does not block; it
+-- yields what it would wait for ("request" or "sleep"), and the loop
+-- resumes it with the answer.
+local deferred = setmetatable({}, { __mode = "k" })
+M._deferred = deferred
+
+local function deferring()
+  local co = coroutine.running()
+  return co ~= nil and deferred[co] ~= nil
+end
+
 -- Runs a request to its end (blocking): see _complete.
 function Client:_request(method, path, body_table, raw, parse)
+  if deferring() then
+    return coroutine.yield("request", self, method, path, body_table, raw, parse)
+  end
   local t = self:_begin(method, path, body_table)
   local more, err
   repeat more, err = t:next() until more == nil
@@ -545,7 +559,8 @@ function Client:wait_ready(opts)
     if not err.retryable or core.now() + interval * 1000 > deadline then
       return nil, err
     end
-    core.sleep(interval * 1000)
+    if deferring() then coroutine.yield("sleep", interval * 1000)
+    else core.sleep(interval * 1000) end
   end
 end
 

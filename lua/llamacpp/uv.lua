@@ -281,13 +281,13 @@ function M.chat_stream(client, req, on_event, opts)
 end
 
 -- A request whose answer is read whole: on_done(res) or on_done(nil, err).
-local function whole(client, uv, method, path, body, parse, on_done, opts, label)
+local function whole(client, uv, method, path, body, parse, on_done, opts, label, raw)
   local t = client:_begin(method, path, body)
   local function complete(tt, err)
-    local res, e = client:_complete(tt, err, false, parse)
+    local res, e = client:_complete(tt, err, raw, parse)
     if not res then return nil, e end
     if label then label(res) end
-    return res
+    return res, e
   end
   return start(client, uv, opts, { t = t, on_done = on_done,
                                    complete = complete, pump = pump_whole })
@@ -306,6 +306,137 @@ function M.chat(client, req, on_done, opts)
   return whole(client, uv, "POST", p.chat_path, p.chat_body(req, false, client.model),
                p.parse_chat, on_done, opts, function(res) res.provider = p.name end)
 end
+
+
+-- {====== the other endpoints ======
+
+local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
+
+-- Client methods whose answer is read whole, and those that stream.
+local WHOLE = { chat = true, health = true, wait_ready = true, models = true, props = true,
+                slots = true, metrics = true, tokenize = true, detokenize = true,
+                apply_template = true, embeddings = true, rerank = true, completion = true,
+                infill = true }
+local function pack(...) return { n = select("#", ...), ... } end
+
+--- A call of a client method on the loop.
+local Call = {}
+Call.__index = Call
+Call.__name = "llamacpp.uv.CallHandle"
+Call.call = call
+
+--- Cancels the call: its request is aborted (or its wait dropped) and
+-- on_done is not called. Idempotent.
+function Call:cancel()
+  if self.cancelled then return end
+  self.cancelled = true
+  if self.cur then self.cur:cancel() end
+  self.cur = nil
+  if self.timer then
+    self.timer:stop()
+    self.timer:close()
+    self.timer = nil
+  end
+end
+
+-- "bad argument ..." raised inside the coroutine names a line of this
+-- file; raised again, it names the caller's.
+local function unplace(msg)
+  return type(msg) == "string" and (msg:gsub("^[^\n]-:%d+: ", "", 1)) or msg
+end
+
+--- Calls a client method on the loop, the same method the client has:
+-- `health`, `wait_ready`, `models`, `props`, `slots`, `metrics`,
+-- `tokenize`, `detokenize`, `apply_template`, `embeddings`, `rerank`,
+-- `completion`, `infill` or `chat`. `args` are its arguments, in a list
+-- (`{ "some text", { with_pieces = true } }`); on_done gets what it
+-- returns (`res`, or `nil, err`), once, from the loop. `wait_ready` polls
+-- on a timer. Bad arguments raise here, as the method would.
+-- opts: uv, on_error (as for chat). Returns a handle with :cancel().
+-- @usage luv.request(client, "tokenize", { "Hello" }, function(tokens, err) end)
+function M.request(client, name, args, on_done, opts)
+  if type(name) ~= "string" or not WHOLE[name] or type(client) ~= "table" or
+     type(client[name]) ~= "function" then
+    error("bad argument #2 to 'request' (a client method that answers whole expected, got " ..
+          tostring(name) .. ")", 2)
+  end
+  if args ~= nil and type(args) ~= "table" then
+    error("bad argument #3 to 'request' (table expected, got " .. type(args) .. ")", 2)
+  end
+  if not callable(on_done) then
+    error("bad argument #4 to 'request' (function expected)", 2)
+  end
+  local uv = loop_of(opts, 2)
+  local h = setmetatable({ uv = uv, on_error = opts and opts.on_error, cancelled = false }, Call)
+  local wopts = { uv = uv, on_error = h.on_error }
+  local n = args and (args.n or #args) or 0
+  local co = coroutine.create(function()
+    return pack(client[name](client, unpack(args or {}, 1, n)))
+  end)
+  require("llamacpp.client")._deferred[co] = true
+  local starting = true
+  local resume
+  local function finish(r)
+    local function deliver() if not h.cancelled then h:call(on_done, unpack(r, 1, r.n)) end end
+    if not starting then return deliver() end
+    h.timer = uv.new_timer()            -- over at once: still from the loop
+    h.timer:start(0, 0, function() h.timer:close(); h.timer = nil; deliver() end)
+  end
+  function resume(...)
+    local ok, what, a, b, c, d, e, f = coroutine.resume(co, ...)
+    if not ok then
+      if starting then error(unplace(what), 3) end
+      report(h, "llamacpp.uv.request " .. name .. ": " .. tostring(what))
+      return
+    end
+    if coroutine.status(co) == "dead" then return finish(what) end
+    if what == "request" then      -- a: client, b: method, c: path, d: body, e: raw, f: parse
+      h.cur = whole(a, uv, b, c, d, f, function(res, x)
+        h.cur = nil
+        if not h.cancelled then resume(res, x) end
+      end, wopts, nil, e)
+    elseif what == "sleep" then
+      h.timer = uv.new_timer()
+      h.timer:start(math.max(0, math.ceil(a)), 0, function()
+        h.timer:close()
+        h.timer = nil
+        if not h.cancelled then resume() end
+      end)
+    end
+  end
+  resume()
+  starting = false
+  return h
+end
+
+-- A streaming client method on the loop, as chat_stream.
+local function stream_call(fname, client, req, on_event, opts)
+  if not callable(on_event) then
+    error("bad argument #3 to '" .. fname .. "' (function expected)", 3)
+  end
+  local uv = loop_of(opts, 3)
+  local so
+  if opts and opts.assemble ~= nil then so = { assemble = opts.assemble } end
+  local ok, step_or_msg, stream = pcall(client[fname], client, req, so)
+  if not ok then error(unplace(step_or_msg), 3) end
+  return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream })
+end
+
+--- Streams a native completion on the loop (`client:completion_stream`):
+-- on_event(ev) for every event. Returns a handle with :cancel().
+function M.completion_stream(client, req, on_event, opts)
+  local h = stream_call("completion_stream", client, req, on_event, opts)
+  return h
+end
+
+--- Streams a fill-in-the-middle completion on the loop
+-- (`client:infill_stream`), as an editor's completion plugin would.
+function M.infill_stream(client, req, on_event, opts)
+  local h = stream_call("infill_stream", client, req, on_event, opts)
+  return h
+end
+
+-- }======
 
 
 -- {====== routers ======
