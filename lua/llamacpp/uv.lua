@@ -342,7 +342,7 @@ end
 -- "bad argument ..." raised inside the coroutine names a line of this
 -- file; raised again, it names the caller's.
 local function unplace(msg)
-  return type(msg) == "string" and (msg:gsub("^[^\n]-:%d+: ", "", 1)) or msg
+  return type(msg) == "string" and (msg:gsub("^[^\n]-%.lua:%d+: ", "", 1)) or msg
 end
 
 --- Calls a client method on the loop, the same method the client has:
