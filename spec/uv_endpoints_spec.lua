@@ -85,7 +85,9 @@ describe("llamacpp.uv requests", function()
     local h = lu.request(client("tok_slow", "delay=1000"), "tokenize", { "x" },
                          function() calls = calls + 1 end, O)
     local t = luv.new_timer()
-    t:start(20, 0, function() t:close(); h:cancel(); h:cancel() end)
+    t:start(5, 5, function()            -- once the server has the request
+      if util.hits(srv, "/replay/tok_slow/") > 0 then t:stop(); t:close(); h:cancel(); h:cancel() end
+    end)
     luv.run()
     assert.equal(0, calls)
     assert.truthy(srv:wait_for(function(r)
