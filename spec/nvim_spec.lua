@@ -198,6 +198,15 @@ describe("examples/nvim in a real Neovim", function()
     assert.equal("", stderr)
   end)
 
+  it("runs the Neovim guide's example as written (docs/neovim.md)", function()
+    local want = util.expected("chat_stream_usage")
+    local res, _, stderr = run_nvim({ scenario = "guide", root = ROOT },
+                                    { LLAMACPP_ENDPOINT = srv:replay("chat_stream_usage", "pace=2") })
+    assert.same({}, res.errors)
+    assert.equal(want.content, res.text)
+    assert.equal("", stderr)
+  end)
+
   it("takes the endpoint from LLAMACPP_ENDPOINT when setup() gives none", function()
     local want = util.expected("chat_stream")
     local ep = srv:replay("chat_stream", "drip")

@@ -8,7 +8,7 @@
 -- is a coroutine resumed from the loop, not a vim.wait() nested in a
 -- command). It writes what it saw as JSON to args.out, then quits.
 --
--- args: scenario ("chat", "cancel", "measure", "router"), out, endpoint (nil: leave
+-- args: scenario ("chat", "cancel", "measure", "router", "guide"), out, endpoint (nil: leave
 -- setup() alone so $LLAMACPP_ENDPOINT is used), prompt, timeout_ms (the
 -- whole run), wait_ms (one wait), cancel_after (answer bytes to wait for
 -- before :LlamaCancel), warm (an endpoint for a first, unmeasured chat),
@@ -321,6 +321,33 @@ function scenarios.router()
   ticker:stop(); ticker:close()
   R.backoff = { ok = res ~= false, kind = err and err.kind, attempts = err and #err.attempts,
                 ticks_waiting = ticks_waiting }
+end
+
+-- The example of docs/neovim.md ("Never block the editor"), run as written
+-- (with `return buf, handle` added), against $LLAMACPP_ENDPOINT; the text
+-- its buffer holds once the chat is over.
+function scenarios.guide()
+  local root = A.root
+  package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+  package.cpath = root .. "/build/luajit/?.so;" .. package.cpath
+  local f = assert(io.open(root .. "/docs/neovim.md", "rb"))
+  local doc = f:read("*a")
+  f:close()
+  local section = assert(doc:find("## Never block the editor", 1, true), "no such section")
+  local code = assert(doc:match("```lua\n(.-)```", section), "no example in the section")
+  local buf = assert(loadstring(code .. "\nreturn buf, handle", "=docs/neovim.md"))()
+  local errors = {}
+  local notify = vim.notify
+  vim.notify = function(msg) errors[#errors + 1] = tostring(msg) end
+  local before, still = nil, 0
+  wait(function()                      -- done when the text stopped growing
+    local text = table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, false), "\n")
+    if text ~= "" and text == before then still = still + 1 else still = 0 end
+    before = text
+    return still >= 10 or #errors > 0
+  end, A.wait_ms, 20)
+  vim.notify = notify
+  R.text, R.errors = before, errors
 end
 
 co = coroutine.create(function()
