@@ -335,7 +335,7 @@ function scenarios.guide()
   f:close()
   local section = assert(doc:find("## Never block the editor", 1, true), "no such section")
   local code = assert(doc:match("```lua\n(.-)```", section), "no example in the section")
-  local buf = assert(loadstring(code .. "\nreturn buf, handle", "=docs/neovim.md"))()
+  local buf = assert((rawget(_G, "loadstring") or load)(code .. "\nreturn buf, handle", "=docs/neovim.md"))()
   local errors = {}
   local notify = vim.notify
   vim.notify = function(msg) errors[#errors + 1] = tostring(msg) end
