@@ -269,42 +269,45 @@ end
 -- opts: uv (a luv-compatible module; default vim.uv / vim.loop / luv),
 -- on_error(msg) for errors raised by on_event, assemble (false: no
 -- done.content, constant memory; see the stream options).
-function M.chat_stream(client, req, on_event, opts)
-  if not callable(on_event) then
-    error("bad argument #3 to 'chat_stream' (function expected)", 2)
-  end
-  local uv = loop_of(opts, 2)          -- before anything is sent
-  local so
-  if opts and opts.assemble ~= nil then so = { assemble = opts.assemble } end
-  local stream = client:open_stream(req, so)
-  return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream })
-end
-
--- A request whose answer is read whole: on_done(res) or on_done(nil, err).
-local function whole(client, uv, method, path, body, parse, on_done, opts, label, raw)
+-- A request whose answer is read whole: on_done(res) or on_done(nil, err),
+-- as client:_request gives them.
+local function whole(client, uv, method, path, body, raw, parse, on_done, opts)
   local t = client:_begin(method, path, body)
-  local function complete(tt, err)
-    local res, e = client:_complete(tt, err, raw, parse)
-    if not res then return nil, e end
-    if label then label(res) end
-    return res, e
-  end
+  local function complete(tt, err) return client:_complete(tt, err, raw, parse) end
   return start(client, uv, opts, { t = t, on_done = on_done,
                                    complete = complete, pump = pump_whole })
 end
 
---- A chat on the loop: on_done(res) or on_done(nil, err) once.
-function M.chat(client, req, on_done, opts)
-  if not callable(on_done) then
-    error("bad argument #3 to 'chat' (function expected)", 2)
+-- Calls f from the loop in ms milliseconds, on h's timer (h.uv's);
+-- drop_timer(h) takes it back.
+local function later(h, ms, f)
+  local t = h.uv.new_timer()
+  h.timer = t
+  t:start(ms, 0, function()
+    t:close()
+    if h.timer == t then h.timer = nil end
+    f()
+  end)
+end
+
+local function drop_timer(h)
+  local t = h.timer
+  if t then
+    h.timer = nil
+    t:stop()
+    t:close()
   end
-  if type(req) ~= "table" then
-    error("bad argument #2 to 'chat' (table expected, got " .. type(req) .. ")", 2)
-  end
-  local uv = loop_of(opts, 2)
-  local p = client.provider
-  return whole(client, uv, "POST", p.chat_path, p.chat_body(req, false, client.model),
-               p.parse_chat, on_done, opts, function(res) res.provider = p.name end)
+end
+
+-- Cancels a handle made of other handles (Call, Routed): the current
+-- request and the pending timer. True the first time.
+local function abort(h)
+  if h.cancelled then return false end
+  h.cancelled = true
+  if h.cur then h.cur:cancel() end
+  h.cur = nil
+  drop_timer(h)
+  return true
 end
 
 
@@ -312,7 +315,7 @@ end
 
 local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
 
--- Client methods whose answer is read whole, and those that stream.
+-- Client methods whose answer is read whole.
 local WHOLE = { chat = true, health = true, wait_ready = true, models = true, props = true,
                 slots = true, metrics = true, tokenize = true, detokenize = true,
                 apply_template = true, embeddings = true, rerank = true, completion = true,
@@ -327,22 +330,54 @@ Call.call = call
 
 --- Cancels the call: its request is aborted (or its wait dropped) and
 -- on_done is not called. Idempotent.
-function Call:cancel()
-  if self.cancelled then return end
-  self.cancelled = true
-  if self.cur then self.cur:cancel() end
-  self.cur = nil
-  if self.timer then
-    self.timer:stop()
-    self.timer:close()
-    self.timer = nil
-  end
-end
+function Call:cancel() abort(self) end
 
 -- "bad argument ..." raised inside the coroutine names a line of this
 -- file; raised again, it names the caller's.
 local function unplace(msg)
   return type(msg) == "string" and (msg:gsub("^[^\n]-%.lua:%d+: ", "", 1)) or msg
+end
+
+-- Runs client[name](client, args...) in a coroutine in which its requests
+-- and sleeps are the loop's (client._deferred); on_done gets what it
+-- returns. The handle, or nil and the message of what the method raised
+-- at once (bad arguments).
+local function run_method(client, name, args, on_done, uv, on_error)
+  local h = setmetatable({ uv = uv, on_error = on_error, cancelled = false }, Call)
+  local wopts = { uv = uv, on_error = on_error }
+  local n = args and (args.n or #args) or 0
+  local co = coroutine.create(function()
+    return pack(client[name](client, unpack(args or {}, 1, n)))
+  end)
+  require("llamacpp.client")._deferred[co] = true
+  local starting = true
+  local resume
+  local function finish(r)
+    local function deliver() if not h.cancelled then h:call(on_done, unpack(r, 1, r.n)) end end
+    if not starting then return deliver() end
+    later(h, 0, deliver)                -- over at once: still from the loop
+  end
+  function resume(...)
+    local ok, what, a, b, c, d, e, f = coroutine.resume(co, ...)
+    if not ok then
+      if starting then return unplace(what) end
+      report(h, "llamacpp.uv.request " .. name .. ": " .. tostring(what))
+      return
+    end
+    if coroutine.status(co) == "dead" then return finish(what) end
+    if what == "request" then      -- a: client, b: method, c: path, d: body, e: raw, f: parse
+      h.cur = whole(a, uv, b, c, d, e, f, function(res, x)
+        h.cur = nil
+        if not h.cancelled then resume(res, x) end
+      end, wopts)
+    elseif what == "sleep" then
+      later(h, math.max(0, math.ceil(a)), resume)
+    end
+  end
+  local msg = resume()
+  starting = false
+  if msg ~= nil then return nil, msg end
+  return h
 end
 
 --- Calls a client method on the loop, the same method the client has:
@@ -366,46 +401,22 @@ function M.request(client, name, args, on_done, opts)
   if not callable(on_done) then
     error("bad argument #4 to 'request' (function expected)", 2)
   end
-  local uv = loop_of(opts, 2)
-  local h = setmetatable({ uv = uv, on_error = opts and opts.on_error, cancelled = false }, Call)
-  local wopts = { uv = uv, on_error = h.on_error }
-  local n = args and (args.n or #args) or 0
-  local co = coroutine.create(function()
-    return pack(client[name](client, unpack(args or {}, 1, n)))
-  end)
-  require("llamacpp.client")._deferred[co] = true
-  local starting = true
-  local resume
-  local function finish(r)
-    local function deliver() if not h.cancelled then h:call(on_done, unpack(r, 1, r.n)) end end
-    if not starting then return deliver() end
-    h.timer = uv.new_timer()            -- over at once: still from the loop
-    h.timer:start(0, 0, function() h.timer:close(); h.timer = nil; deliver() end)
+  local h, msg = run_method(client, name, args, on_done, loop_of(opts, 2), opts and opts.on_error)
+  if not h then error(msg, 2) end
+  return h
+end
+
+--- A chat on the loop: on_done(res) or on_done(nil, err) once, as
+-- client:chat answers.
+function M.chat(client, req, on_done, opts)
+  if not callable(on_done) then
+    error("bad argument #3 to 'chat' (function expected)", 2)
   end
-  function resume(...)
-    local ok, what, a, b, c, d, e, f = coroutine.resume(co, ...)
-    if not ok then
-      if starting then error(unplace(what), 3) end
-      report(h, "llamacpp.uv.request " .. name .. ": " .. tostring(what))
-      return
-    end
-    if coroutine.status(co) == "dead" then return finish(what) end
-    if what == "request" then      -- a: client, b: method, c: path, d: body, e: raw, f: parse
-      h.cur = whole(a, uv, b, c, d, f, function(res, x)
-        h.cur = nil
-        if not h.cancelled then resume(res, x) end
-      end, wopts, nil, e)
-    elseif what == "sleep" then
-      h.timer = uv.new_timer()
-      h.timer:start(math.max(0, math.ceil(a)), 0, function()
-        h.timer:close()
-        h.timer = nil
-        if not h.cancelled then resume() end
-      end)
-    end
+  if type(req) ~= "table" then
+    error("bad argument #2 to 'chat' (table expected, got " .. type(req) .. ")", 2)
   end
-  resume()
-  starting = false
+  local h, msg = run_method(client, "chat", { req }, on_done, loop_of(opts, 2), opts and opts.on_error)
+  if not h then error(msg, 2) end
   return h
 end
 
@@ -420,6 +431,16 @@ local function stream_call(fname, client, req, on_event, opts)
   local ok, step_or_msg, stream = pcall(client[fname], client, req, so)
   if not ok then error(unplace(step_or_msg), 3) end
   return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream })
+end
+
+--- Streams a chat on the loop: on_event(ev) for every event (the last is
+-- done or error). Returns a handle with :cancel().
+-- opts: uv (a luv-compatible module; default vim.uv / vim.loop / luv),
+-- on_error(msg) for errors raised by on_event, assemble (false: no
+-- done.content, constant memory; see the stream options).
+function M.chat_stream(client, req, on_event, opts)
+  local h = stream_call("chat_stream", client, req, on_event, opts)
+  return h
 end
 
 --- Streams a native completion on the loop (`client:completion_stream`):
@@ -451,7 +472,7 @@ local function health_check(uv, opts)
     if not (router.health and rec.health_client) or rec.health_pending then return end
     if rec.checked_at and at - rec.checked_at < router.health.interval then return end
     rec.health_pending = true
-    whole(rec.health_client, uv, "GET", "/health", nil, nil, function(obj, err)
+    whole(rec.health_client, uv, "GET", "/health", nil, false, nil, function(obj, err)
       rec.health_pending = nil
       rec.checked_at = router.clock()
       rec.healthy = obj ~= nil
@@ -476,9 +497,8 @@ function Routed:_release()
 end
 
 function Routed:_wait(seconds, f)
-  if not self.timer then self.timer = self.uv.new_timer() end
   self.waiting = true
-  self.timer:start(math.max(0, math.ceil(seconds * 1000)), 0, function()
+  later(self, math.max(0, math.ceil(seconds * 1000)), function()
     self.waiting = false
     f()
   end)
@@ -487,27 +507,15 @@ end
 --- Cancels the request: the current attempt is aborted, a pending backoff
 -- dropped, and no callback is called any more. Idempotent.
 function Routed:cancel()
-  if self.cancelled then return end
-  self.cancelled, self.ended = true, true
-  if self.cur then self.cur:cancel() end
-  self.cur = nil
+  if not abort(self) then return end
+  self.ended, self.waiting = true, false
   self:_release()
-  self.waiting = false
-  if self.timer then
-    self.timer:stop()
-    self.timer:close()
-    self.timer = nil
-  end
 end
 
 function Routed:_end()
   self.ended = true
   self.cur = nil
   self:_release()
-  if self.timer then
-    self.timer:close()
-    self.timer = nil
-  end
 end
 
 -- Runs a plan: attempt(it, done) starts the request of one deployment and
@@ -520,12 +528,8 @@ local function run_plan(h, plan, attempt, finish)
     h:_end()
     if not starting then return finish(err) end
     -- over before the first attempt: call back from the loop all the same,
-    -- never inside router_stream / router_chat
-    local t = h.uv.new_timer()
-    t:start(0, 0, function()
-      t:close()
-      if not h.cancelled then finish(err) end
-    end)
+    -- never inside router_stream / router_chat (cancel() drops the timer)
+    later(h, 0, function() finish(err) end)
   end
   local function step()
     if h.cancelled then return end
