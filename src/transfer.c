@@ -709,8 +709,6 @@ static const char *lcpp_timeoutphase (Transfer *t) {
 }
 
 
-/* The transfer is done and its queue empty: push the end (nothing) or
-   the error, and release what libcurl held. */
 /* A whole number as text on every Lua (5.4's %f would add ".0"). */
 static const char *lcpp_num (char *buf, double v) {
   snprintf(buf, 32, "%.0f", v);
@@ -718,6 +716,8 @@ static const char *lcpp_num (char *buf, double v) {
 }
 
 
+/* The transfer is done and its queue empty: push the end (nothing) or
+   the error, and release what libcurl held. */
 static int lcpp_end (lua_State *L, Transfer *t) {
   char num[32];
   int retry = 0;

@@ -281,14 +281,20 @@ function scenarios.measure()
   R.lines, R.last = lines(plugin.buf()), plugin.last
 end
 
+-- Loads llamacpp from the checkout args.root (and its LuaJIT build); the root.
+local function use_checkout()
+  local root = A.root
+  package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+  package.cpath = root .. "/build/luajit/?.so;" .. package.cpath
+  return root
+end
+
 -- A router on Neovim's loop through llamacpp.uv: a failover (a closed
 -- port, then args.endpoint) and a backoff between two passes over a closed
 -- port. args.down: the closed port's URL. The router's sleep raises: on
 -- the loop a backoff must be a timer.
 function scenarios.router()
-  local root = A.root
-  package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-  package.cpath = root .. "/build/luajit/?.so;" .. package.cpath
+  use_checkout()
   local lu = require "llamacpp.uv"
   local router = require "llamacpp.router"
   local function new(tier, retries)
@@ -327,9 +333,7 @@ end
 -- (with `return buf, handle` added), against $LLAMACPP_ENDPOINT; the text
 -- its buffer holds once the chat is over.
 function scenarios.guide()
-  local root = A.root
-  package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-  package.cpath = root .. "/build/luajit/?.so;" .. package.cpath
+  local root = use_checkout()
   local f = assert(io.open(root .. "/docs/neovim.md", "rb"))
   local doc = f:read("*a")
   f:close()
