@@ -6,6 +6,7 @@
 local llamacpp = require "llamacpp"
 local core = require "llamacpp.core"
 local fixture = require "fixture.control"
+local util = require "spec.util"
 local proc = require "soak.proc"
 local socket = require "socket"
 
@@ -196,10 +197,7 @@ describe("object lifetimes", function()
   end)
 
   it("a Lua state closed with transfers running (process exit) ends cleanly", function()
-    local lua = os.getenv("LLAMACPP_TEST_LUA")
-    if not lua or lua == "" then
-      lua = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
-    end
+    local lua = util.lua()
     local head = ("package.path = './lua/?.lua;./lua/?/init.lua;' .. package.path\n" ..
                   "package.cpath = %q .. ';' .. package.cpath\n"):format(package.cpath:match("^[^;]*")) ..
       ([[

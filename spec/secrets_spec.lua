@@ -203,10 +203,7 @@ describe("secrets", function()
   end)
 
   it("a failing child process prints no key on stdout or stderr (uncaught errors, tracebacks)", function()
-    local lua = os.getenv("LLAMACPP_TEST_LUA")
-    if not lua or lua == "" then
-      lua = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
-    end
+    local lua = util.lua()
     local script = os.tmpname()
     local f = assert(io.open(script, "w"))
     f:write(("package.path = './lua/?.lua;./lua/?/init.lua;' .. package.path\n" ..

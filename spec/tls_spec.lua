@@ -5,6 +5,7 @@
 -- the proxy option overrides them, and loopback endpoints ignore them.
 local llamacpp = require "llamacpp"
 local fixture = require "fixture.control"
+local util = require "spec.util"
 
 local errors = llamacpp.errors
 local MSGS = { { role = "user", content = "Say hello." } }
@@ -131,10 +132,7 @@ end)
 -- A Lua child process with extra environment variables, running `code` with
 -- this tree's llamacpp; returns what it wrote.
 local function child(env, code)
-  local lua = os.getenv("LLAMACPP_TEST_LUA")
-  if not lua or lua == "" then
-    lua = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
-  end
+  local lua = util.lua()
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
   f:write(("package.path = %q .. package.path\npackage.cpath = %q .. package.cpath\n"):format(
@@ -171,8 +169,7 @@ describe("proxies", function()
   local srv, dead
   setup(function()
     srv = fixture.start()
-    local util = require "spec.util"
-    dead = "http://127.0.0.1:" .. util.closed_port()
+    dead = util.down()
   end)
   teardown(function() srv:stop() end)
 

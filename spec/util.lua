@@ -62,6 +62,10 @@ function M.closed_port()
   return tonumber(port)
 end
 
+-- The interpreter running the tests ($LLAMACPP_TEST_LUA, else luajit or
+-- lua5.x), for child processes: the test kit's own choice.
+M.lua = require("llamacpp.testing")._interpreter
+
 -- A URL where nothing listens.
 function M.down()
   return "http://127.0.0.1:" .. M.closed_port()

@@ -58,6 +58,8 @@ local function interpreter()
   return "lua" .. (_VERSION:match("%d+%.%d+") or "5.4")
 end
 
+M._interpreter = interpreter           -- for this project's specs
+
 local function q(s) -- shell quoting
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
