@@ -33,6 +33,7 @@ build = {
       libdirs = { "$(CURL_LIBDIR)" },
     },
     ["llamacpp"] = "lua/llamacpp/init.lua",
+    ["llamacpp.args"] = "lua/llamacpp/args.lua",
     ["llamacpp.client"] = "lua/llamacpp/client.lua",
     ["llamacpp.errors"] = "lua/llamacpp/errors.lua",
     ["llamacpp.json"] = "lua/llamacpp/json.lua",
@@ -45,6 +46,8 @@ build = {
     -- the fake llama-server of llamacpp.testing is the specs' fixture server
     ["llamacpp.testing.server"] = "spec/fixture/server.lua",
     ["llamacpp.router"] = "lua/llamacpp/router.lua",
+    ["llamacpp.router.config"] = "lua/llamacpp/router/config.lua",
+    ["llamacpp.router.plan"] = "lua/llamacpp/router/plan.lua",
     ["llamacpp.providers.openai"] = "lua/llamacpp/providers/openai.lua",
     ["llamacpp.providers.ollama"] = "lua/llamacpp/providers/ollama.lua",
     ["llamacpp.providers.anthropic"] = "lua/llamacpp/providers/anthropic.lua",

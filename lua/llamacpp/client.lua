@@ -5,6 +5,8 @@ local core = require "llamacpp.core"
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 local native = require "llamacpp.native"
+local args = require "llamacpp.args"
+args.own()
 
 local M = {}
 
@@ -44,21 +46,17 @@ local OPTIONS = {
 local DEFAULTS = { connect_timeout = 10, idle_timeout = 300 }
 local GRACE_MS = 1000   -- how long the end of a transfer may lag its terminator
 
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
-end
+local callable, raise = args.callable, args.raise
 
-local function checkheader(name, value, level)
+local function checkheader(name, value)
   if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
-    error("bad header name " .. tostring(name), level + 1)
+    raise("bad header name " .. tostring(name))
   end
   if type(value) ~= "string" then
-    error("header '" .. name .. "' must be a string (got " .. type(value) .. ")", level + 1)
+    raise("header '" .. name .. "' must be a string (got " .. type(value) .. ")")
   end
   if value:find("[\r\n%z]") then
-    error("header '" .. name .. "' contains CR, LF or NUL", level + 1)
+    raise("header '" .. name .. "' contains CR, LF or NUL")
   end
 end
 
@@ -92,31 +90,29 @@ M.Client = Client
 -- Creates a client (llamacpp.new). See llamacpp's options table.
 function M.new(opts)
   if opts == nil then opts = {} end
-  if type(opts) ~= "table" then
-    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
-  end
+  args.check(type(opts) == "table", 1, "new", args.expected("table", opts))
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
-    if not want then error("unknown option '" .. tostring(k) .. "'", 2) end
+    if not want then raise("unknown option '" .. tostring(k) .. "'") end
     if want == "key" then
       if type(v) ~= "string" and not callable(v) then
-        error("option 'api_key' must be a string or a function", 2)
+        raise("option 'api_key' must be a string or a function")
       end
     elseif type(v) ~= want then
-      error("option '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")", 2)
+      raise("option '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")")
     end
     if want == "number" and (v ~= v or v < 0) then    -- NaN, negative
-      error("option '" .. k .. "' must be a number >= 0 (got " .. tostring(v) .. ")", 2)
+      raise("option '" .. k .. "' must be a number >= 0 (got " .. tostring(v) .. ")")
     end
   end
   local pname = opts.provider or "llamacpp"
   local provider = load_provider(pname)
-  if not provider then error("unknown provider '" .. tostring(pname) .. "'", 2) end
+  if not provider then raise("unknown provider '" .. tostring(pname) .. "'") end
   local raw = opts.endpoint or provider.default_endpoint
-  if raw:find("[%s%c]") then error("bad endpoint (contains white space or control characters)", 2) end
+  if raw:find("[%s%c]") then raise("bad endpoint (contains white space or control characters)") end
   local endpoint, host = parse_endpoint(raw)
   if not endpoint then
-    error("bad endpoint '" .. raw:gsub("//[^/]*@", "//") .. "' (want http[s]://host[:port][/prefix])", 2)
+    raise("bad endpoint '" .. raw:gsub("//[^/]*@", "//") .. "' (want http[s]://host[:port][/prefix])")
   end
   local self = setmetatable({
     provider = provider,
@@ -127,7 +123,7 @@ function M.new(opts)
   }, Client)
   local names = {}
   for name, value in pairs(opts.headers or {}) do
-    checkheader(name, value, 2)
+    checkheader(name, value)
     names[#names + 1] = name
   end
   table.sort(names)
@@ -164,8 +160,8 @@ function Client:_key()
   local k = secrets[self]
   if callable(k) then k = k() end
   if k == nil or k == "" then return nil end
-  if type(k) ~= "string" then error("api_key function must return a string", 3) end
-  if k:find("[\r\n%z]") then error("api_key contains CR, LF or NUL", 3) end
+  if type(k) ~= "string" then raise("api_key function must return a string") end
+  if k:find("[\r\n%z]") then raise("api_key contains CR, LF or NUL") end
   return k
 end
 
@@ -263,26 +259,41 @@ function Client:_redirect(status, headers)
                     { status = status, code = "REDIRECT" })
 end
 
--- Coroutines of llamacpp.uv: a method running in one does not block; it
--- yields what it would wait for ("request" or "sleep"), and the loop
--- resumes it with the answer.
-local deferred = setmetatable({}, { __mode = "k" })
-M._deferred = deferred
+-- {====== requests read whole ======
+-- A whole-answer method is written once, as steps(io, client, ...) in
+-- M.steps: io.request(client, method, path, body, raw, parse) runs one
+-- request (begin, wait, complete) and io.sleep(ms) waits. The Client
+-- method runs its steps with `blocking`, in which the core waits;
+-- llamacpp.uv runs the same steps with an io whose request and sleep are
+-- the loop's.
 
-local function deferring()
-  local co = coroutine.running()
-  return co ~= nil and deferred[co] ~= nil
-end
+local steps = {}
 
--- Runs a request to its end (blocking): see _complete.
-function Client:_request(method, path, body_table, raw, parse)
-  if deferring() then
-    return coroutine.yield("request", self, method, path, body_table, raw, parse)
-  end
-  local t = self:_begin(method, path, body_table)
+local blocking = {}
+
+function blocking.request(c, method, path, body_table, raw, parse)
+  local t = c:_begin(method, path, body_table)
   local more, err
   repeat more, err = t:next() until more == nil
-  return self:_complete(t, err, raw, parse)
+  return c:_complete(t, err, raw, parse)
+end
+
+function blocking.sleep(ms) core.sleep(ms) end
+
+-- For drivers (llamacpp.uv), not applications: a request read whole is
+-- begun (the transfer, which the driver waits on) and completed (the
+-- transfer ended, with err if it failed: res, or nil and the Error).
+M.steps = steps
+function M.begin(c, method, path, body_table) return c:_begin(method, path, body_table) end
+function M.complete(c, t, err, raw, parse) return c:_complete(t, err, raw, parse) end
+
+function steps.chat(io, self, req)
+  args.check(type(req) == "table", 1, "chat", args.expected("table", req))
+  local p = self.provider
+  local res, err = io.request(self, "POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
+  if not res then return nil, err end
+  res.provider = p.name
+  return res
 end
 
 --- One chat completion.
@@ -295,16 +306,7 @@ end
 -- @return[2] nil
 -- @return[2] @{llamacpp.Error}
 -- @within Client
-function Client:chat(req)
-  if type(req) ~= "table" then
-    error("bad argument #1 to 'chat' (table expected, got " .. type(req) .. ")", 2)
-  end
-  local p = self.provider
-  local res, err = self:_request("POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
-  if not res then return nil, err end
-  res.provider = p.name
-  return res
-end
+function Client:chat(req) return steps.chat(blocking, self, req) end
 
 
 --- Options of the streaming methods (`open_stream`, `chat_stream`,
@@ -318,13 +320,11 @@ local STREAM_OPTIONS = { assemble = "boolean" }
 
 local function check_stream_opts(opts, fname)
   if opts == nil then return nil end
-  if type(opts) ~= "table" then
-    error("bad argument #2 to '" .. fname .. "' (table expected, got " .. type(opts) .. ")", 3)
-  end
+  args.check(type(opts) == "table", 2, fname, args.expected("table", opts))
   for k, v in pairs(opts) do
-    if not STREAM_OPTIONS[k] then error("unknown stream option '" .. tostring(k) .. "'", 3) end
+    if not STREAM_OPTIONS[k] then raise("unknown stream option '" .. tostring(k) .. "'") end
     if type(v) ~= STREAM_OPTIONS[k] then
-      error("stream option '" .. k .. "' must be a " .. STREAM_OPTIONS[k], 3)
+      raise("stream option '" .. k .. "' must be a " .. STREAM_OPTIONS[k])
     end
   end
   return opts
@@ -401,8 +401,7 @@ end
 -- @tparam[opt] number timeout_ms wait at most this long; none: until an event
 -- @treturn table|nil|false an @{llamacpp.event}, `nil` at the end, `false` on timeout
 function Stream:next(timeout_ms)
-  local ev = self:_next(timeout_ms, false)   -- not a tail call: error levels
-  return ev                                  -- count this frame on every Lua
+  return self:_next(timeout_ms, false)
 end
 
 --- True when next(0) would return an event (or the end) at once.
@@ -414,10 +413,10 @@ function Stream:ready()
 end
 
 -- take: only what the C queue holds; never drive the session (an event
--- loop drives it: llamacpp.uv).
+-- loop drives it: llamacpp.uv, through M.take).
 function Stream:_next(timeout_ms, take)
   if self.qh <= self.qt then return self:_pop() end
-  if self.closed then error("stream is closed", 3) end
+  if self.closed then raise("stream is closed") end
   if self.ended then return nil end
   local deadline = timeout_ms and timeout_ms > 0 and core.now() + timeout_ms
   local t, dec, push = self.t, self.dec, self.push
@@ -465,6 +464,11 @@ function Stream:_next(timeout_ms, take)
   end
 end
 
+-- For drivers (llamacpp.uv): the next event of stream s among the bytes
+-- already received, never driving the transfer (the driver's loop does);
+-- false when none is ready, nil after the last.
+function M.take(s) return s:_next(0, true) end
+
 --- Aborts the transfer (the server sees the disconnect). Idempotent.
 function Stream:close()
   if self.t then self.t:close() end
@@ -482,9 +486,7 @@ end
 -- @tparam[opt] table opts @{stream_options}
 -- @treturn Stream
 function Client:open_stream(req, opts)
-  if type(req) ~= "table" then
-    error("bad argument #1 to 'open_stream' (table expected, got " .. type(req) .. ")", 2)
-  end
+  args.check(type(req) == "table", 1, "open_stream", args.expected("table", req))
   opts = check_stream_opts(opts, "open_stream")
   local p = self.provider
   local body = json.encode(p.chat_body(req, true, self.model))
@@ -526,21 +528,32 @@ end
 
 -- {= llama-server's other endpoints ==================================
 
-local function argcheck(cond, n, fname, msg)
-  if not cond then error("bad argument #" .. n .. " to '" .. fname .. "' (" .. msg .. ")", 3) end
-end
-
 local function copy(t, into)
   into = into or {}
   for k, v in pairs(t or {}) do into[k] = v end
   return into
 end
 
+function steps.health(io, self) return io.request(self, "GET", "/health") end
+
 --- GET /health: {status = "ok"}, or nil, Error (503 "Loading model" is an
 -- http error with retryable = true).
 -- @within Client
-function Client:health()
-  return self:_request("GET", "/health")
+function Client:health() return steps.health(blocking, self) end
+
+function steps.wait_ready(io, self, opts)
+  if opts == nil then opts = {} end
+  args.check(type(opts) == "table", 1, "wait_ready", args.expected("table", opts))
+  local timeout, interval = opts.timeout or 60, opts.interval or 0.25
+  local deadline = core.now() + timeout * 1000
+  while true do
+    local ok, err = steps.health(io, self)
+    if ok then return true end
+    if not err.retryable or core.now() + interval * 1000 > deadline then
+      return nil, err
+    end
+    io.sleep(interval * 1000)
+  end
 end
 
 --- Polls /health until the server is ready (through the 503 "Loading
@@ -548,80 +561,72 @@ end
 -- default 60), opts.interval (seconds, default 0.25). true, or nil and
 -- the last Error.
 -- @within Client
-function Client:wait_ready(opts)
-  opts = opts or {}
-  argcheck(type(opts) == "table", 1, "wait_ready", "table expected")
-  local timeout, interval = opts.timeout or 60, opts.interval or 0.25
-  local deadline = core.now() + timeout * 1000
-  while true do
-    local ok, err = self:health()
-    if ok then return true end
-    if not err.retryable or core.now() + interval * 1000 > deadline then
-      return nil, err
-    end
-    if deferring() then coroutine.yield("sleep", interval * 1000)
-    else core.sleep(interval * 1000) end
-  end
-end
+function Client:wait_ready(opts) return steps.wait_ready(blocking, self, opts) end
+
+function steps.models(io, self) return io.request(self, "GET", "/v1/models") end
+function steps.props(io, self) return io.request(self, "GET", "/props") end
+function steps.slots(io, self) return io.request(self, "GET", "/slots") end
+function steps.metrics(io, self) return io.request(self, "GET", "/metrics", nil, true) end
 
 --- GET /v1/models: the decoded answer (`data` and `models` lists).
 -- @within Client
-function Client:models() return self:_request("GET", "/v1/models") end
+function Client:models() return steps.models(blocking, self) end
 
 --- GET /props: server and model properties (chat template, n_ctx, ...).
 -- @within Client
-function Client:props() return self:_request("GET", "/props") end
+function Client:props() return steps.props(blocking, self) end
 
 --- GET /slots (on by default; off with the server flag no-slots): array of slots.
 -- @within Client
-function Client:slots() return self:_request("GET", "/slots") end
+function Client:slots() return steps.slots(blocking, self) end
 
 --- GET /metrics (needs the server flag metrics): Prometheus text.
 -- @within Client
-function Client:metrics() return self:_request("GET", "/metrics", nil, true) end
+function Client:metrics() return steps.metrics(blocking, self) end
 
---- POST /tokenize: the tokens of `text` (ids, or {id, piece} with
--- opts.with_pieces; a piece that is not valid UTF-8 comes as a byte array).
--- @within Client
-function Client:tokenize(text, opts)
-  argcheck(type(text) == "string", 1, "tokenize", "string expected, got " .. type(text))
-  local body = copy(opts, { content = text })
-  local obj, err = self:_request("POST", "/tokenize", body)
+function steps.tokenize(io, self, text, opts)
+  args.check(type(text) == "string", 1, "tokenize", args.expected("string", text))
+  local obj, err = io.request(self, "POST", "/tokenize", copy(opts, { content = text }))
   if not obj then return nil, err end
   return obj.tokens
 end
 
---- POST /detokenize: the text of an array of token ids.
+--- POST /tokenize: the tokens of `text` (ids, or {id, piece} with
+-- opts.with_pieces; a piece that is not valid UTF-8 comes as a byte array).
 -- @within Client
-function Client:detokenize(tokens)
-  argcheck(type(tokens) == "table", 1, "detokenize", "table expected, got " .. type(tokens))
-  local obj, err = self:_request("POST", "/detokenize", { tokens = json.array(copy(tokens)) })
+function Client:tokenize(text, opts) return steps.tokenize(blocking, self, text, opts) end
+
+function steps.detokenize(io, self, tokens)
+  args.check(type(tokens) == "table", 1, "detokenize", args.expected("table", tokens))
+  local obj, err = io.request(self, "POST", "/detokenize", { tokens = json.array(copy(tokens)) })
   if not obj then return nil, err end
   return obj.content
+end
+
+--- POST /detokenize: the text of an array of token ids.
+-- @within Client
+function Client:detokenize(tokens) return steps.detokenize(blocking, self, tokens) end
+
+function steps.apply_template(io, self, req)
+  args.check(type(req) == "table", 1, "apply_template", args.expected("table", req))
+  local body = self.provider.chat_body(req, false, self.model)
+  body.max_tokens, body.stream, body.model = nil, nil, nil
+  local obj, err = io.request(self, "POST", "/apply-template", body)
+  if not obj then return nil, err end
+  return obj.prompt
 end
 
 --- POST /apply-template: the prompt the chat template makes of a chat
 -- request (system first, as in chat).
 -- @within Client
-function Client:apply_template(req)
-  argcheck(type(req) == "table", 1, "apply_template", "table expected, got " .. type(req))
-  local body = self.provider.chat_body(req, false, self.model)
-  body.max_tokens, body.stream, body.model = nil, nil, nil
-  local obj, err = self:_request("POST", "/apply-template", body)
-  if not obj then return nil, err end
-  return obj.prompt
-end
+function Client:apply_template(req) return steps.apply_template(blocking, self, req) end
 
---- POST /v1/embeddings (needs the server flag embeddings): one input or
--- an array of them. {embeddings = {vector, ...} in input order, usage,
--- model, raw}.
--- @within Client
-function Client:embeddings(input, opts)
-  argcheck(type(input) == "string" or type(input) == "table", 1, "embeddings",
-           "string or table expected, got " .. type(input))
+function steps.embeddings(io, self, input, opts)
+  args.check(type(input) == "string" or type(input) == "table", 1, "embeddings",
+             args.expected("string or table", input))
   local body = copy(opts, { input = input })
   if body.model == nil then body.model = self.model end
-  local obj, err = self:_request("POST", "/v1/embeddings", body)
+  local obj, err = io.request(self, "POST", "/v1/embeddings", body)
   if not obj then return nil, err end
   local out = {}
   for i, d in ipairs(type(obj.data) == "table" and obj.data or {}) do
@@ -632,15 +637,18 @@ function Client:embeddings(input, opts)
            usage = { input_tokens = u.prompt_tokens and math.floor(u.prompt_tokens) } }
 end
 
---- POST /v1/rerank (needs the server flag reranking): documents scored
--- against query, best first: {{index =, relevance_score =}, ...}.
+--- POST /v1/embeddings (needs the server flag embeddings): one input or
+-- an array of them. {embeddings = {vector, ...} in input order, usage,
+-- model, raw}.
 -- @within Client
-function Client:rerank(query, documents, opts)
-  argcheck(type(query) == "string", 1, "rerank", "string expected, got " .. type(query))
-  argcheck(type(documents) == "table", 2, "rerank", "table expected, got " .. type(documents))
+function Client:embeddings(input, opts) return steps.embeddings(blocking, self, input, opts) end
+
+function steps.rerank(io, self, query, documents, opts)
+  args.check(type(query) == "string", 1, "rerank", args.expected("string", query))
+  args.check(type(documents) == "table", 2, "rerank", args.expected("table", documents))
   local body = copy(opts, { query = query, documents = json.array(copy(documents)) })
   if body.model == nil then body.model = self.model end
-  local obj, err = self:_request("POST", "/v1/rerank", body)
+  local obj, err = io.request(self, "POST", "/v1/rerank", body)
   if not obj then return nil, err end
   local results = type(obj.results) == "table" and obj.results or {}
   for _, r in ipairs(results) do
@@ -650,56 +658,61 @@ function Client:rerank(query, documents, opts)
   return results
 end
 
+--- POST /v1/rerank (needs the server flag reranking): documents scored
+-- against query, best first: {{index =, relevance_score =}, ...}.
+-- @within Client
+function Client:rerank(query, documents, opts) return steps.rerank(blocking, self, query, documents, opts) end
+
 local function native_body(fname, req, stream, need)
-  argcheck(type(req) == "table", 1, fname, "table expected, got " .. type(req))
+  args.check(type(req) == "table", 1, fname, args.expected("table", req))
   if need then
-    argcheck(req[need] ~= nil, 1, fname, "'" .. need .. "' is required")
+    args.check(req[need] ~= nil, 1, fname, "'" .. need .. "' is required")
   end
   local body = copy(req)
   body.stream = stream
   return body
 end
 
-function Client:_native(path, body)
-  local res, err = self:_request("POST", path, body, false, native.result)
-  if not res then return nil, err end
-  return res
-end
-
-function Client:_native_stream(path, body, opts)
+local function native_stream(self, path, body, opts)
   local t = self:_open("POST", path, json.encode(body), "sse")
   local s = self:_stream(t, native.decoder(opts))
   return function() return s:next() end, s, nil, s
+end
+
+function steps.completion(io, self, req)
+  return io.request(self, "POST", "/completion", native_body("completion", req, false, "prompt"),
+                    false, native.result)
 end
 
 --- POST /completion (native): a prompt (string, tokens, or mixed) and
 -- llama-server's sampling fields. {content, stop_reason, usage, timings,
 -- probs (n_probs), raw}.
 -- @within Client
-function Client:completion(req)
-  return self:_native("/completion", native_body("completion", req, false, "prompt"))
-end
+function Client:completion(req) return steps.completion(blocking, self, req) end
 
 --- The same, streamed: the iterator of chat_stream (content events with
 -- `probs` when n_probs is set; done; error).
 -- @within Client
 function Client:completion_stream(req, opts)
-  return self:_native_stream("/completion", native_body("completion_stream", req, true, "prompt"),
-                             check_stream_opts(opts, "completion_stream"))
+  return native_stream(self, "/completion", native_body("completion_stream", req, true, "prompt"),
+                       check_stream_opts(opts, "completion_stream"))
+end
+
+function steps.infill(io, self, req)
+  return io.request(self, "POST", "/infill", native_body("infill", req, false, "input_prefix"),
+                    false, native.result)
 end
 
 --- POST /infill: fill-in-the-middle for editors (input_prefix,
 -- input_suffix, input_extra = {{filename =, text =}, ...}, prompt).
 -- @within Client
-function Client:infill(req)
-  return self:_native("/infill", native_body("infill", req, false, "input_prefix"))
-end
+function Client:infill(req) return steps.infill(blocking, self, req) end
 
 --- The same, streamed.
 -- @within Client
 function Client:infill_stream(req, opts)
-  return self:_native_stream("/infill", native_body("infill_stream", req, true, "input_prefix"),
-                             check_stream_opts(opts, "infill_stream"))
+  return native_stream(self, "/infill", native_body("infill_stream", req, true, "input_prefix"),
+                       check_stream_opts(opts, "infill_stream"))
 end
 
 -- }=====================================================================
@@ -712,9 +725,7 @@ end
 -- Returns step, stream, nil, stream: Lua 5.4 closes the stream however
 -- the loop ends; elsewhere use open_stream and :close() on early exit.
 function Client:chat_stream(req, opts)
-  if type(req) ~= "table" then
-    error("bad argument #1 to 'chat_stream' (table expected, got " .. type(req) .. ")", 2)
-  end
+  args.check(type(req) == "table", 1, "chat_stream", args.expected("table", req))
   local s = self:open_stream(req, check_stream_opts(opts, "chat_stream"))
   return function() return s:next() end, s, nil, s
 end

@@ -13,12 +13,15 @@
 -- opts.on_error, else stderr / vim.notify) and its request is cancelled;
 -- the loop and the other requests go on.
 -- @module llamacpp.uv
-local M = {}
-local errors = require "llamacpp.errors"
+local client_mod = require "llamacpp.client"
+local args = require "llamacpp.args"
+args.own()
 
--- The loop: opts.uv, else vim.uv / vim.loop, else luv. Raises at `level`
--- (the public function's caller, counted from the public function).
-local function loop_of(opts, level)
+local M = {}
+local callable = args.callable
+
+-- The loop: opts.uv, else vim.uv / vim.loop, else luv.
+local function loop_of(opts)
   if opts and opts.uv then return opts.uv end
   local vim = rawget(_G, "vim")
   if type(vim) == "table" then
@@ -27,7 +30,7 @@ local function loop_of(opts, level)
   end
   local ok, luv = pcall(require, "luv")
   if ok then return luv end
-  error("llamacpp.uv needs vim.uv, vim.loop or the luv module", level + 1)
+  args.raise("llamacpp.uv needs vim.uv, vim.loop or the luv module")
 end
 
 local function report(h, msg)
@@ -51,8 +54,8 @@ local xpcall_args = xpcall
 if not select(2, xpcall(function(a) return a end, traceback, true)) then
   local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
   xpcall_args = function(f, handler, ...)
-    local args = { n = select("#", ...), ... }
-    return xpcall(function() return f(unpack(args, 1, args.n)) end, handler)
+    local packed = { n = select("#", ...), ... }
+    return xpcall(function() return f(unpack(packed, 1, packed.n)) end, handler)
   end
 end
 
@@ -81,6 +84,7 @@ local function driver(client, uv)
 end
 
 local now = require("llamacpp.core").now
+local take = client_mod.take
 
 -- How long one loop turn may spend handing out events before it lets the
 -- editor run (keys, redraws, other timers); the rest comes next turn.
@@ -210,7 +214,7 @@ end
 local function pump_stream(h, deadline)
   local n = 0
   while not h.finished do
-    local ev = h.stream:_next(0, true)
+    local ev = take(h.stream)
     if not ev then
       if ev == nil then h:finish() end
       return false
@@ -258,22 +262,11 @@ local function start(client, uv, opts, h)
   return h
 end
 
-local function callable(f)
-  if type(f) == "function" then return true end
-  local mt = getmetatable(f)
-  return type(mt) == "table" and mt.__call ~= nil
-end
-
---- Streams a chat on the loop: on_event(ev) for every event (the last is
--- done or error). Returns a handle with :cancel().
--- opts: uv (a luv-compatible module; default vim.uv / vim.loop / luv),
--- on_error(msg) for errors raised by on_event, assemble (false: no
--- done.content, constant memory; see the stream options).
 -- A request whose answer is read whole: on_done(res) or on_done(nil, err),
--- as client:_request gives them.
+-- as the client's requests give them (client.begin / client.complete).
 local function whole(client, uv, method, path, body, raw, parse, on_done, opts)
-  local t = client:_begin(method, path, body)
-  local function complete(tt, err) return client:_complete(tt, err, raw, parse) end
+  local t = client_mod.begin(client, method, path, body)
+  local function complete(tt, err) return client_mod.complete(client, tt, err, raw, parse) end
   return start(client, uv, opts, { t = t, on_done = on_done,
                                    complete = complete, pump = pump_whole })
 end
@@ -314,12 +307,6 @@ end
 -- {====== the other endpoints ======
 
 local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
-
--- Client methods whose answer is read whole.
-local WHOLE = { chat = true, health = true, wait_ready = true, models = true, props = true,
-                slots = true, metrics = true, tokenize = true, detokenize = true,
-                apply_template = true, embeddings = true, rerank = true, completion = true,
-                infill = true }
 local function pack(...) return { n = select("#", ...), ... } end
 
 --- A call of a client method on the loop.
@@ -332,24 +319,25 @@ Call.call = call
 -- on_done is not called. Idempotent.
 function Call:cancel() abort(self) end
 
--- "bad argument ..." raised inside the coroutine names a line of this
--- file; raised again, it names the caller's.
-local function unplace(msg)
-  return type(msg) == "string" and (msg:gsub("^[^\n]-%.lua:%d+: ", "", 1)) or msg
-end
+-- The io of a method's steps run in a coroutine (client.steps): what it
+-- would wait for is yielded to run_method, which does it on the loop and
+-- resumes the coroutine with the answer.
+local loop_io = {
+  request = function(...) return coroutine.yield("request", ...) end,
+  sleep = function(ms) return coroutine.yield("sleep", ms) end,
+}
 
--- Runs client[name](client, args...) in a coroutine in which its requests
--- and sleeps are the loop's (client._deferred); on_done gets what it
--- returns. The handle, or nil and the message of what the method raised
--- at once (bad arguments).
-local function run_method(client, name, args, on_done, uv, on_error)
+-- Runs the steps of client method `name` in a coroutine on the loop;
+-- on_done gets what they return. The handle, or nil and the message of
+-- what the steps raised at once (bad arguments).
+local function run_method(client, name, args_, on_done, uv, on_error)
   local h = setmetatable({ uv = uv, on_error = on_error, cancelled = false }, Call)
   local wopts = { uv = uv, on_error = on_error }
-  local n = args and (args.n or #args) or 0
+  local n = args_ and (args_.n or #args_) or 0
+  local steps = client_mod.steps[name]
   local co = coroutine.create(function()
-    return pack(client[name](client, unpack(args or {}, 1, n)))
+    return pack(steps(loop_io, client, unpack(args_ or {}, 1, n)))
   end)
-  require("llamacpp.client")._deferred[co] = true
   local starting = true
   local resume
   local function finish(r)
@@ -360,7 +348,7 @@ local function run_method(client, name, args, on_done, uv, on_error)
   function resume(...)
     local ok, what, a, b, c, d, e, f = coroutine.resume(co, ...)
     if not ok then
-      if starting then return unplace(what) end
+      if starting then return args.unplace(what) end
       report(h, "llamacpp.uv.request " .. name .. ": " .. tostring(what))
       return
     end
@@ -389,47 +377,34 @@ end
 -- on a timer. Bad arguments raise here, as the method would.
 -- opts: uv, on_error (as for chat). Returns a handle with :cancel().
 -- @usage luv.request(client, "tokenize", { "Hello" }, function(tokens, err) end)
-function M.request(client, name, args, on_done, opts)
-  if type(name) ~= "string" or not WHOLE[name] or type(client) ~= "table" or
-     type(client[name]) ~= "function" then
-    error("bad argument #2 to 'request' (a client method that answers whole expected, got " ..
-          tostring(name) .. ")", 2)
-  end
-  if args ~= nil and type(args) ~= "table" then
-    error("bad argument #3 to 'request' (table expected, got " .. type(args) .. ")", 2)
-  end
-  if not callable(on_done) then
-    error("bad argument #4 to 'request' (function expected)", 2)
-  end
-  local h, msg = run_method(client, name, args, on_done, loop_of(opts, 2), opts and opts.on_error)
-  if not h then error(msg, 2) end
+function M.request(client, name, list, on_done, opts)
+  args.check(type(name) == "string" and client_mod.steps[name] ~= nil and
+             getmetatable(client) == client_mod.Client, 2, "request",
+             "a client method that answers whole expected, got " .. tostring(name))
+  args.check(list == nil or type(list) == "table", 3, "request", args.expected("table", list))
+  args.check(callable(on_done), 4, "request", "function expected")
+  local h, msg = run_method(client, name, list, on_done, loop_of(opts), opts and opts.on_error)
+  if not h then args.raise(msg) end
   return h
 end
 
 --- A chat on the loop: on_done(res) or on_done(nil, err) once, as
 -- client:chat answers.
 function M.chat(client, req, on_done, opts)
-  if not callable(on_done) then
-    error("bad argument #3 to 'chat' (function expected)", 2)
-  end
-  if type(req) ~= "table" then
-    error("bad argument #2 to 'chat' (table expected, got " .. type(req) .. ")", 2)
-  end
-  local h, msg = run_method(client, "chat", { req }, on_done, loop_of(opts, 2), opts and opts.on_error)
-  if not h then error(msg, 2) end
+  args.check(callable(on_done), 3, "chat", "function expected")
+  args.check(type(req) == "table", 2, "chat", args.expected("table", req))
+  local h, msg = run_method(client, "chat", { req }, on_done, loop_of(opts), opts and opts.on_error)
+  if not h then args.raise(msg) end
   return h
 end
 
 -- A streaming client method on the loop, as chat_stream.
 local function stream_call(fname, client, req, on_event, opts)
-  if not callable(on_event) then
-    error("bad argument #3 to '" .. fname .. "' (function expected)", 3)
-  end
-  local uv = loop_of(opts, 3)
+  args.check(callable(on_event), 3, fname, "function expected")
+  local uv = loop_of(opts)
   local so
   if opts and opts.assemble ~= nil then so = { assemble = opts.assemble } end
-  local ok, step_or_msg, stream = pcall(client[fname], client, req, so)
-  if not ok then error(unplace(step_or_msg), 3) end
+  local _, stream = client[fname](client, req, so)
   return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream })
 end
 
@@ -439,34 +414,32 @@ end
 -- on_error(msg) for errors raised by on_event, assemble (false: no
 -- done.content, constant memory; see the stream options).
 function M.chat_stream(client, req, on_event, opts)
-  local h = stream_call("chat_stream", client, req, on_event, opts)
-  return h
+  return stream_call("chat_stream", client, req, on_event, opts)
 end
 
 --- Streams a native completion on the loop (`client:completion_stream`):
 -- on_event(ev) for every event. Returns a handle with :cancel().
 function M.completion_stream(client, req, on_event, opts)
-  local h = stream_call("completion_stream", client, req, on_event, opts)
-  return h
+  return stream_call("completion_stream", client, req, on_event, opts)
 end
 
 --- Streams a fill-in-the-middle completion on the loop
 -- (`client:infill_stream`), as an editor's completion plugin would.
 function M.infill_stream(client, req, on_event, opts)
-  local h = stream_call("infill_stream", client, req, on_event, opts)
-  return h
+  return stream_call("infill_stream", client, req, on_event, opts)
 end
 
 -- }======
 
 
 -- {====== routers ======
--- The router's plans (llamacpp.router) run on the loop: each attempt is a
--- request of the deployment's client on this loop, a backoff is a timer,
--- a health check a request of its own whose answer the next pass uses.
--- Nothing here sleeps or waits on a socket.
+-- A routed request's plan (llamacpp.router.plan) driven on the loop: each
+-- attempt is a request of the deployment's client on this loop, a wait
+-- a timer, a health check a request of its own whose answer the next
+-- pass uses. Nothing here sleeps or waits on a socket.
 
 local function health_check(uv, opts)
+  local Plan = require "llamacpp.router.plan"
   local hopts = { uv = uv, on_error = opts and opts.on_error }
   return function(router, rec, at)
     if not (router.health and rec.health_client) or rec.health_pending then return end
@@ -474,9 +447,7 @@ local function health_check(uv, opts)
     rec.health_pending = true
     whole(rec.health_client, uv, "GET", "/health", nil, false, nil, function(obj, err)
       rec.health_pending = nil
-      rec.checked_at = router.clock()
-      rec.healthy = obj ~= nil
-      rec.health_error = err
+      Plan.health_answer(router, rec, obj, err)
     end, hopts)
   end
 end
@@ -488,69 +459,56 @@ Routed.__name = "llamacpp.uv.RoutedHandle"
 
 Routed.call = call
 
-function Routed:_release()
-  if self.key then
-    self.key.ended = true            -- no longer in the deployment's inflight
-    self.rec.active[self.key] = nil
-    self.key, self.rec = nil, nil
-  end
-end
-
-function Routed:_wait(seconds, f)
-  self.waiting = true
-  later(self, math.max(0, math.ceil(seconds * 1000)), function()
-    self.waiting = false
-    f()
-  end)
-end
-
 --- Cancels the request: the current attempt is aborted, a pending backoff
 -- dropped, and no callback is called any more. Idempotent.
 function Routed:cancel()
   if not abort(self) then return end
   self.ended, self.waiting = true, false
-  self:_release()
+  self.plan:close()
 end
 
-function Routed:_end()
+-- The routed request is over (its last event or answer is being given).
+function Routed:over()
   self.ended = true
   self.cur = nil
-  self:_release()
 end
 
--- Runs a plan: attempt(it, done) starts the request of one deployment and
--- returns its uv handle; it calls done(err) when that attempt failed in a
--- way the router may retry. finish(err) ends the request with the plan's
--- last error.
-local function run_plan(h, plan, attempt, finish)
+-- Drives h.plan: attempt(it, request, again) starts the request of one
+-- deployment and returns its uv handle; it calls again() when the plan
+-- said "next". finish(err) ends the request with the plan's error.
+local function run_plan(h, attempt, finish)
+  local plan = h.plan
   local starting = true
-  local function ended(err)
-    h:_end()
-    if not starting then return finish(err) end
-    -- over before the first attempt: call back from the loop all the same,
-    -- never inside router_stream / router_chat (cancel() drops the timer)
-    later(h, 0, function() finish(err) end)
-  end
   local function step()
     if h.cancelled then return end
-    local it, delay = plan:next()
-    if it == nil then return ended(plan:error()) end
-    if it == false then return h:_wait(delay, step) end
-    local key = { ended = false }     -- counts in the deployment's inflight
-    it.rec.active[key] = true
-    h.key, h.rec = key, it.rec
-    local ok, cur = pcall(attempt, it, function(err)
-      h.cur = nil
-      h:_release()
-      plan:record(it, err)
-      step()
-    end)
+    h.cur = nil
+    local what, a, b = plan:next()
+    if what == "over" then
+      h:over()
+      if not starting then return finish(a) end
+      -- over before the first attempt: call back from the loop all the same,
+      -- never inside router_stream / router_chat (cancel() drops the timer)
+      return later(h, 0, function() finish(a) end)
+    end
+    if what == "wait" then
+      h.waiting = true
+      return later(h, math.max(0, math.ceil(a * 1000)), function()
+        h.waiting = false
+        step()
+      end)
+    end
+    if starting then
+      h.cur = attempt(a, b, step)
+      return
+    end
+    -- a later attempt starts from a callback: what it raises (a bug, not
+    -- a bad request: those raised before the first) ends this request
+    local ok, cur = pcall(attempt, a, b, step)
     if ok then
       h.cur = cur
-    else                 -- the deployment's provider refused the request
-      ended(errors.new("no_provider", "deployment " .. it.rec.name ..
-        " cannot take this request: " .. tostring(cur),
-        { attempts = plan.attempts, tier = plan.tier.name, retryable = false }))
+    else
+      report(h, "router request: " .. tostring(cur))
+      h:cancel()
     end
   end
   step()
@@ -558,22 +516,12 @@ local function run_plan(h, plan, attempt, finish)
 end
 
 local function routed(router, req, fname, cb, opts)
-  if type(router) ~= "table" or type(router._plan) ~= "function" then
-    error("bad argument #1 to '" .. fname .. "' (router expected)", 3)
-  end
-  if type(req) ~= "table" then
-    error("bad argument #2 to '" .. fname .. "' (table expected, got " .. type(req) .. ")", 3)
-  end
-  if not callable(cb) then
-    error("bad argument #3 to '" .. fname .. "' (function expected)", 3)
-  end
-  local R = require "llamacpp.router"
-  require("llamacpp.providers.openai").check_request(req, 4)
-  local tier = router:_tier_of(req, 3)
-  local uv = loop_of(opts, 3)
-  local h = setmetatable({ uv = uv, on_error = opts and opts.on_error,
-                           ended = false, cancelled = false, waiting = false }, Routed)
-  return h, R, router:_plan(tier, health_check(uv, opts)), uv
+  args.check(type(req) == "table", 2, fname, args.expected("table", req))
+  args.check(callable(cb), 3, fname, "function expected")
+  local uv = loop_of(opts)
+  return setmetatable({ uv = uv, on_error = opts and opts.on_error,
+                        plan = require("llamacpp.router").plan(router, req, fname, health_check(uv, opts)),
+                        ended = false, cancelled = false, waiting = false }, Routed), uv
 end
 
 --- Streams a chat through a router on the loop: on_event(ev) for every
@@ -583,27 +531,16 @@ end
 -- and health checks requests on the loop, so the loop never blocks.
 -- opts as for chat_stream. Returns a handle with :cancel().
 function M.router_stream(router, req, on_event, opts)
-  local h, R, plan, uv = routed(router, req, "router_stream", on_event, opts)
+  local h, uv = routed(router, req, "router_stream", on_event, opts)
+  local plan = h.plan
   local so = { uv = uv, on_error = opts and opts.on_error }
   if opts and opts.assemble ~= nil then so.assemble = opts.assemble end
-  run_plan(h, plan, function(it, retry)
-    local rec, delivered = it.rec, 0
-    return M.chat_stream(rec.client, R._request_for(rec, req), function(ev)
+  run_plan(h, function(it, r, again)
+    return M.chat_stream(it.rec.client, r, function(ev)
       if h.cancelled then return end
-      if ev.type == "error" then
-        local err = R._label(ev.error, it)
-        router:_failed(rec, err)
-        if delivered == 0 and err.retryable then return retry(err) end
-        h:_end()
-      else
-        delivered = delivered + 1
-        if ev.type == "done" then
-          router:_succeeded(rec)
-          R._label(ev, it).attempts = plan.attempts
-          h:_end()
-        end
-      end
-      ev.provider = rec.name
+      local o = plan:event(it, ev)
+      if o == "next" then return again() end
+      if o ~= "deliver" then h:over() end
       h:call(on_event, ev)
     end, so)
   end, function(err)
@@ -616,22 +553,16 @@ end
 -- deployment that answered, and res.attempts) or on_done(nil, err) once.
 -- opts as for chat. Returns a handle with :cancel().
 function M.router_chat(router, req, on_done, opts)
-  local h, R, plan, uv = routed(router, req, "router_chat", on_done, opts)
+  local h, uv = routed(router, req, "router_chat", on_done, opts)
+  local plan = h.plan
   local co = { uv = uv, on_error = opts and opts.on_error }
-  run_plan(h, plan, function(it, retry)
-    local rec = it.rec
-    return M.chat(rec.client, R._request_for(rec, req), function(res, err)
+  run_plan(h, function(it, r, again)
+    return M.chat(it.rec.client, r, function(res, err)
       if h.cancelled then return end
-      if res then
-        router:_succeeded(rec)
-        R._label(res, it).attempts = plan.attempts
-        h:_end()
-        return h:call(on_done, res)
-      end
-      R._label(err, it)
-      router:_failed(rec, err)
-      if err.retryable then return retry(err) end
-      h:_end()
+      local o = plan:outcome(it, err, res)
+      if o == "next" then return again() end
+      h:over()
+      if o == "done" then return h:call(on_done, res) end
       h:call(on_done, nil, err)
     end, co)
   end, function(err)

@@ -1,0 +1,383 @@
+-- The plan of one routed request: which deployment next, when, and what
+-- an attempt's outcome means. Every entry point (router:chat,
+-- router:chat_stream / open_stream, llamacpp.uv's router_chat and
+-- router_stream) only drives a plan: it starts what next() names, waits
+-- what it says, and hands each result, event or error to outcome() or
+-- event(), which decide.
+--
+--   local plan = Plan.new(router, req, "chat")      -- bad requests raise here
+--   local what, a, b = plan:next()
+--     "attempt", it, request   start request on it.rec.client
+--     "wait", seconds          then call next() again
+--     "over", err              the request ends with err (no_provider)
+--   plan:outcome(it, err, res)   after a whole answer: "done" | "next" | "final"
+--   plan:event(it, ev)           each streamed event: "deliver" | "done" | "next" | "final"
+--   plan:close()                 the caller gave up (cancel, close)
+--
+-- "next": the failure is recorded in the attempts and next() is asked
+-- again; "final": the error (labelled with who failed) goes to the caller;
+-- "done": the answer (labelled, with the attempts) goes to the caller.
+local errors = require "llamacpp.errors"
+local args = require "llamacpp.args"
+local common = require "llamacpp.providers.openai"
+args.own()
+
+local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
+local min, max = math.min, math.max
+local concat, sort = table.concat, table.sort
+
+local M = {}
+
+-- {====== choosing ======
+
+-- How many requests a deployment has under way: the plans running an
+-- attempt on it (a plan dropped without close is collected: weak keys).
+function M.inflight(rec)
+  local n = 0
+  for _ in pairs(rec.active) do n = n + 1 end
+  return n
+end
+
+-- The deployments of one tier in the order its strategy gives.
+local function order(router, tier)
+  local list, n = tier.list, #tier.list
+  local out = {}
+  local s = tier.strategy
+  if s == "round_robin" then
+    local start = tier.rr % n
+    tier.rr = tier.rr + 1
+    for i = 1, n do out[i] = list[(start + i - 1) % n + 1] end
+    return out
+  end
+  local key, pos = {}, {}
+  for i = 1, n do
+    local rec = list[i]
+    out[i], pos[rec] = rec, i
+    if s == "least_busy" then
+      key[rec] = -M.inflight(rec)
+    elseif s == "weighted" then
+      -- weighted sampling without replacement (Efraimidis-Spirakis);
+      -- weight 0: only after every other one
+      key[rec] = rec.weight > 0 and router.random() ^ (1 / rec.weight) or -1
+    else
+      key[rec] = 0
+    end
+  end
+  sort(out, function(a, b)
+    if key[a] ~= key[b] then return key[a] > key[b] end
+    return pos[a] < pos[b]
+  end)
+  return out
+end
+
+-- The tier and its fallbacks, in order, each deployment once:
+-- array of { rec =, tier = name }.
+local function chain(router, tier)
+  local out, seen_tier, seen = {}, {}, {}
+  local function add(t)
+    if seen_tier[t] then return end
+    seen_tier[t] = true
+    for _, rec in ipairs(order(router, t)) do
+      if not seen[rec] then
+        seen[rec] = true
+        out[#out + 1] = { rec = rec, tier = t.name }
+      end
+    end
+    for _, f in ipairs(t.fallback) do add(router.tiers[f]) end
+  end
+  add(tier)
+  return out
+end
+
+-- A health check that waits for its answer (the blocking drivers').
+-- llamacpp.uv gives plans one that starts a GET /health on its loop and
+-- lets the pass go on with what is known.
+function M.check_health(router, rec, now)
+  if not (router.health and rec.health_client) then return end
+  if rec.checked_at and now - rec.checked_at < router.health.interval then return end
+  local obj, err = rec.health_client:health()
+  M.health_answer(router, rec, obj, err)
+end
+
+-- What a health check answered.
+function M.health_answer(router, rec, obj, err)
+  rec.checked_at = router.clock()
+  rec.healthy = obj ~= nil
+  rec.health_error = err
+end
+
+-- The deployments to try in one pass: those free to take a request;
+-- when there are none, those cooling down or unhealthy (better than no
+-- answer). Deployments asked to wait (Retry-After) are never included.
+local function candidates(router, tier, check)
+  local all = chain(router, tier)
+  local now = router.clock()
+  local ready, resort = {}, {}
+  for _, it in ipairs(all) do
+    local rec = it.rec
+    if rec.retry_at <= now then
+      check(router, rec, now)
+      if rec.cool_until > now or rec.healthy == false then
+        resort[#resort + 1] = it
+      else
+        ready[#ready + 1] = it
+      end
+    end
+  end
+  if #ready == 0 then return resort, all end
+  return ready, all
+end
+
+-- Does this error say something about the deployment (rather than the
+-- request)? Those count towards its cooldown.
+local function deployment_fault(err)
+  local k = err.kind
+  if k == "connection" or k == "timeout" or k == "network" or k == "truncated" then return true end
+  if k == "http" then return errors.retryable_status(err.status) or err.code == "overloaded_error" end
+  return false
+end
+
+local function failed(router, rec, err)
+  local now = router.clock()
+  if type(err.retry_after) == "number" and err.retry_after > 0 then
+    rec.retry_at = max(rec.retry_at, now + err.retry_after)
+  end
+  if deployment_fault(err) then
+    rec.failures = rec.failures + 1
+    if rec.failures >= router.cooldown.failures then
+      rec.cool_until = now + router.cooldown.period
+      rec.failures = 0
+    end
+  end
+end
+
+-- The request for one deployment: its params under the caller's fields.
+local function request_for(rec, req)
+  local p = rec.params
+  if not p then return req end
+  local r = {}
+  for k, v in pairs(p) do r[k] = v end
+  for k, v in pairs(req) do
+    if type(v) == "table" and type(p[k]) == "table" and k ~= "messages" then
+      local m = {}                       -- e.g. Ollama's options: merged, the caller's win
+      for k2, v2 in pairs(p[k]) do m[k2] = v2 end
+      for k2, v2 in pairs(v) do m[k2] = v2 end
+      r[k] = m
+    else
+      r[k] = v
+    end
+  end
+  return r
+end
+
+-- Who answered (or failed): on results, done events and errors.
+local function label(t, it)
+  t.provider = it.rec.name
+  t.provider_type = it.rec.kind
+  t.endpoint = it.rec.endpoint
+  t.tier = it.tier
+  return t
+end
+
+-- }======
+
+
+-- {====== the plan ======
+
+local Plan = {}
+Plan.__index = Plan
+
+-- The tier a request goes to; a bad one raises at the caller's line.
+local function tier_of(router, req)
+  local name = req.tier
+  if name == nil then
+    name = router.default_tier
+    if name == nil then args.raise("bad request: no 'tier', and the router has no default_tier") end
+  end
+  local tier = router.tiers[name]
+  if not tier then args.raise("bad request: unknown tier '" .. tostring(name) .. "'") end
+  return tier
+end
+
+-- A plan for req through router; fname names the entry point in argument
+-- errors. check(router, rec, now): the health check (M.check_health by
+-- default). Errors in the request itself raise here, before any attempt.
+function M.new(router, req, fname, check)
+  args.check(type(req) == "table", 1, fname, args.expected("table", req))
+  local ok, msg = pcall(common.check_request, req, 1)
+  if not ok then args.raise(args.unplace(msg)) end
+  return setmetatable({ router = router, tier = tier_of(router, req), req = req,
+                        check = check or M.check_health,
+                        pass = 0, queue = {}, qi = 1, attempts = {}, waited = false,
+                        running = nil, delivered = 0 }, Plan)
+end
+
+-- The next step: "attempt", it, request | "wait", seconds | "over", err.
+function Plan:next()
+  local r = self.router
+  self:close()
+  if self.over then return "over", self.over end
+  while true do
+    while self.qi <= #self.queue do
+      local it = self.queue[self.qi]
+      self.qi = self.qi + 1
+      local rec = it.rec
+      -- another request may have learnt meanwhile that it must wait
+      if rec.retry_at <= r.clock() then
+        local req = request_for(rec, self.req)
+        local why = rec.client.provider.unsupported
+        why = why and why(req)
+        if why then
+          -- this deployment's wire cannot carry the request: the next one may
+          self:record(it, errors.new("unsupported", "deployment " .. rec.name ..
+            " cannot take this request: " .. why,
+            { code = "UNSUPPORTED_REQUEST", retryable = false, provider = rec.name,
+              endpoint = rec.endpoint }))
+        else
+          self.running, self.delivered = it, 0
+          rec.active[self] = true
+          return "attempt", it, req
+        end
+      end
+    end
+    if self.pass > r.retries then return self:finish() end
+    if self.pass > 0 and not self.waited then
+      self.waited = true
+      local d = self:delay()
+      if d == nil then return self:finish() end
+      if d > 0 then return "wait", d end
+    end
+    self.waited = false
+    self.pass = self.pass + 1
+    self.queue, self.chain = candidates(r, self.tier, self.check)
+    self.qi = 1
+  end
+end
+
+-- The attempt under way is over (or abandoned): it no longer counts in
+-- its deployment's inflight. Idempotent.
+function Plan:close()
+  local it = self.running
+  if it then
+    it.rec.active[self] = nil
+    self.running = nil
+  end
+end
+
+-- What the end of an attempt means: a whole answer res (err nil) or an
+-- error. See the top of this file.
+function Plan:outcome(it, err, res)
+  self:close()
+  local rec = it.rec
+  if err == nil then
+    rec.failures = 0
+    label(res, it).attempts = self.attempts
+    return "done"
+  end
+  label(err, it)
+  failed(self.router, rec, err)
+  if self.delivered == 0 and err.retryable then
+    self:record(it, err)
+    return "next"
+  end
+  return "final"
+end
+
+-- Each event of a streamed attempt: "deliver" (pass it on), "done" or
+-- "final" (pass it on; it is the last), "next" (drop it; ask next()).
+function Plan:event(it, ev)
+  local t = ev.type
+  if t == "error" then
+    local o = self:outcome(it, ev.error)
+    if o == "final" then ev.provider = it.rec.name end
+    return o
+  end
+  ev.provider = it.rec.name
+  if t == "done" then return self:outcome(it, nil, ev) end
+  self.delivered = self.delivered + 1
+  return "deliver"
+end
+
+-- Seconds before the next pass: full jitter over an exponential cap, or
+-- longer when every deployment asked to wait (Retry-After). nil when that
+-- wait is longer than backoff.max_retry_after.
+function Plan:delay()
+  local r = self.router
+  local b = r.backoff
+  local d = r.random() * min(b.max, b.base * 2 ^ (self.pass - 1))
+  local now = r.clock()
+  local earliest
+  for _, it in ipairs(self.chain or chain(r, self.tier)) do
+    local at = it.rec.retry_at
+    if at <= now then return d end
+    earliest = earliest and min(earliest, at) or at
+  end
+  if earliest then
+    local need = earliest - now
+    if need > b.max_retry_after then
+      self.retry_after = need
+      return nil
+    end
+    d = max(d, need)
+  end
+  return d
+end
+
+function Plan:record(it, err)
+  self.attempts[#self.attempts + 1] = { provider = it.rec.name, type = it.rec.kind,
+                                        endpoint = it.rec.endpoint, tier = it.tier,
+                                        pass = self.pass, error = err }
+end
+
+local function short(s, n)
+  s = tostring(s)
+  if #s > n then return s:sub(1, n) .. "..." end
+  return s
+end
+
+-- The request has run out of tries: "over" and the no_provider error,
+-- with every attempt, who, where and what.
+function Plan:finish()
+  if self.over then return "over", self.over end
+  -- one line per deployment and message, however many passes repeated it
+  local parts, seen = {}, {}
+  for _, a in ipairs(self.attempts) do
+    local line = a.provider .. " (" .. a.endpoint .. "): " .. short(a.error.message or a.error.kind, 200)
+    if seen[line] then
+      seen[line].n = seen[line].n + 1
+    else
+      seen[line] = { n = 1 }
+      parts[#parts + 1] = line
+    end
+  end
+  for i, line in ipairs(parts) do
+    local n = seen[line].n
+    if n > 1 then parts[i] = line .. " (" .. n .. " times)" end
+  end
+  local n = #self.attempts
+  local msg = "no provider answered for tier '" .. self.tier.name .. "'"
+  if n > 0 then
+    msg = msg .. " after " .. n .. (n == 1 and " attempt: " or " attempts: ") .. concat(parts, "; ")
+  else
+    msg = msg .. ": every deployment asked to wait"
+  end
+  local retry_after = self.retry_after
+  if retry_after == nil then
+    local now, earliest = self.router.clock(), nil
+    for _, it in ipairs(self.chain or {}) do
+      if it.rec.retry_at > now then earliest = earliest and min(earliest, it.rec.retry_at) or it.rec.retry_at end
+    end
+    retry_after = earliest and (earliest - now) or nil
+  end
+  if retry_after then
+    retry_after = math.ceil(retry_after)
+    msg = msg .. " (retry after " .. retry_after .. " s)"
+  end
+  self.over = errors.new("no_provider", msg, { attempts = self.attempts, tier = self.tier.name,
+                                               retry_after = retry_after, retryable = false })
+  return "over", self.over
+end
+
+-- }======
+
+return M
