@@ -100,48 +100,49 @@ describe("llamacpp.router.plan", function()
   end)
   teardown(function() srv:stop() end)
 
-  local function ok(mode) return srv:replay(mode == "whole" and "ok" or "stream") end
+  local function answers(mode) return srv:replay(mode == "whole" and "ok" or "stream") end
 
   -- Each case: deployments(mode) -> the tier's list; what each mode gives.
   local CASES = {
     { name = "connection refused, then the next deployment",
       deployments = function(mode) return { { name = "one", endpoint = util.down() },
-                                            { name = "two", endpoint = ok(mode) } } end,
+                                            { name = "two", endpoint = answers(mode) } } end,
       whole = { ok = true, provider = "two", attempts = { "one:connection" } },
       stream = { ok = true, provider = "two", attempts = { "one:connection" } } },
     { name = "503 loading, then the next deployment",
       deployments = function(mode) return { { name = "one", endpoint = srv:replay("loading") },
-                                            { name = "two", endpoint = ok(mode) } } end,
+                                            { name = "two", endpoint = answers(mode) } } end,
       whole = { ok = true, provider = "two", attempts = { "one:http" } },
       stream = { ok = true, provider = "two", attempts = { "one:http" } } },
     { name = "429 with Retry-After, then the next deployment",
       deployments = function(mode) return { { name = "one", endpoint = srv:replay("limited") },
-                                            { name = "two", endpoint = ok(mode) } } end,
+                                            { name = "two", endpoint = answers(mode) } } end,
       whole = { ok = true, provider = "two", attempts = { "one:http" } },
       stream = { ok = true, provider = "two", attempts = { "one:http" } },
       after = function(r) assert.is_true(r:status()[1].retry_after > 0) end },
     { name = "500 before the first event, then the next deployment",
       deployments = function(mode) return { { name = "one", endpoint = srv:replay("broken") },
-                                            { name = "two", endpoint = ok(mode) } } end,
+                                            { name = "two", endpoint = answers(mode) } } end,
       whole = { ok = true, provider = "two", attempts = { "one:http" } },
       stream = { ok = true, provider = "two", attempts = { "one:http" } } },
     { name = "a failure after the first event is final (a cut whole answer is not an event)",
       deployments = function(mode)
-        return { { name = "one", endpoint = srv:replay(mode == "whole" and "ok" or "stream", mode == "whole" and "cut=400" or "cut=1200") },
-                 { name = "two", endpoint = ok(mode) } }
+        local cut = mode == "whole" and "cut=400" or "cut=1200"
+        return { { name = "one", endpoint = srv:replay(mode == "whole" and "ok" or "stream", cut) },
+                 { name = "two", endpoint = answers(mode) } }
       end,
       whole = { ok = true, provider = "two", attempts = { "one:network" } },
       stream = { ok = false, kind = "network", retryable = false, provider = "one", attempts = {} } },
     { name = "a truncated stream is final",
       deployments = function(mode)
         return { { name = "one", endpoint = srv:replay(mode == "whole" and "ok" or "truncated") },
-                 { name = "two", endpoint = ok(mode) } }
+                 { name = "two", endpoint = answers(mode) } }
       end,
       whole = { ok = true, provider = "one", attempts = {} },
       stream = { ok = false, kind = "truncated", retryable = false, provider = "one", attempts = {} } },
     { name = "a 400 is final: no failover",
       deployments = function(mode) return { { name = "one", endpoint = srv:replay("bad") },
-                                            { name = "two", endpoint = ok(mode) } } end,
+                                            { name = "two", endpoint = answers(mode) } } end,
       whole = { ok = false, kind = "http", retryable = false, provider = "one", attempts = {} },
       stream = { ok = false, kind = "http", retryable = false, provider = "one", attempts = {} } },
     { name = "every deployment down: no_provider with every attempt",
@@ -155,7 +156,7 @@ describe("llamacpp.router.plan", function()
       options = { cooldown = { failures = 1, period = 600 } },
       before = function(r) r:chat{ messages = MSGS } end,    -- "one" fails once: it cools down
       deployments = function(mode) return { { name = "one", endpoint = util.down() },
-                                            { name = "two", endpoint = ok(mode) } } end,
+                                            { name = "two", endpoint = answers(mode) } } end,
       whole = { ok = true, provider = "two", attempts = {} },
       stream = { ok = true, provider = "two", attempts = {} } },
   }

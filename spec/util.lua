@@ -64,7 +64,7 @@ end
 
 -- The interpreter running the tests ($LLAMACPP_TEST_LUA, else luajit or
 -- lua5.x), for child processes: the test kit's own choice.
-M.lua = require("llamacpp.testing")._interpreter
+M.lua = require("llamacpp.testing").interpreter
 
 -- A URL where nothing listens.
 function M.down()

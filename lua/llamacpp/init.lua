@@ -11,6 +11,8 @@
 local core = require "llamacpp.core"
 local client = require "llamacpp.client"
 local errors = require "llamacpp.errors"
+local args = require "llamacpp.args"
+args.own()
 
 local M = {
   _VERSION = "llamacpp " .. core.version,
@@ -68,7 +70,8 @@ local M = {
 -- `tostring(err)` gives one line, never with the API key.
 -- @table Error
 -- @field kind `connection`, `timeout`, `tls`, `network`, `truncated`, `http`,
---   `protocol`, `cancelled` or `no_provider`
+--   `protocol`, `cancelled` or `no_provider` (and, in a router's `attempts`
+--   only, `unsupported`: that deployment cannot express the request)
 -- @field message what happened, e.g. `llama-server not running at <endpoint>`
 -- @field retryable whether another try may succeed
 -- @field status HTTP status
@@ -104,9 +107,7 @@ M.curl_version = core.curl_version
 -- @return[2] nil
 -- @return[2] @{Error} of kind `protocol`, code `BAD_TOOL_ARGUMENTS`
 function M.tool_arguments(call)
-  if type(call) ~= "table" then
-    error("bad argument #1 to 'tool_arguments' (table expected, got " .. type(call) .. ")", 2)
-  end
+  args.check(type(call) == "table", 1, "tool_arguments", args.expected("table", call))
   local text = call.arguments
   if type(text) == "table" then return text end       -- already decoded (Ollama)
   if text == nil or text:match("^%s*$") then return {} end

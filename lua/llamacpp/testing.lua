@@ -32,6 +32,8 @@
 
 local socket = require "socket"
 local cjson = require "cjson"
+local args = require "llamacpp.args"
+args.own()
 
 local M = {}
 
@@ -50,7 +52,10 @@ if not SERVER then
   end
 end
 
--- The interpreter running the tests, so the server runs under the same Lua.
+--- The Lua interpreter the test kit starts its servers with: the one
+-- running the tests (`luajit`, or `lua5.x` from `_VERSION`), or
+-- `$LLAMACPP_TEST_LUA`. Use it for child processes of your own specs.
+-- @treturn string a command name
 local function interpreter()
   local env = os.getenv("LLAMACPP_TEST_LUA")
   if env and env ~= "" then return env end
@@ -58,7 +63,7 @@ local function interpreter()
   return "lua" .. (_VERSION:match("%d+%.%d+") or "5.4")
 end
 
-M._interpreter = interpreter           -- for this project's specs
+M.interpreter = interpreter
 
 local function q(s) -- shell quoting
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -144,9 +149,7 @@ end
 --   error_after      N: an error object inside the 200 stream after N pieces
 --   no_done          true: the stream ends without [DONE] (a truncated stream)
 function Server:reply(reply)
-  if type(reply) ~= "table" then
-    error("bad argument #1 to 'reply' (table expected, got " .. type(reply) .. ")", 2)
-  end
+  args.check(type(reply) == "table", 1, "reply", args.expected("table", reply))
   self.nreplies = self.nreplies + 1
   local f = assert(io.open(self.scratch .. "/script." .. self.nreplies .. ".json", "wb"))
   f:write(cjson.encode(reply))
