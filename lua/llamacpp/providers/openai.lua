@@ -211,7 +211,10 @@ function M.variant(spec)
     local obj, err = errors.decode_event(data)
     if not obj then return err end
     if obj.error ~= nil then return errors.in_stream(data, obj.error, label) end
-    if self.model == nil then self.model, self.id = str(obj.model), str(obj.id) end
+    -- the first non-empty model and id: Azure opens with a content-filter
+    -- notice whose "model" and "id" are ""
+    if self.model == nil or self.model == "" then self.model = str(obj.model) or self.model end
+    if self.id == nil or self.id == "" then self.id = str(obj.id) or self.id end
     local choice = type(obj.choices) == "table" and obj.choices[1]
     if type(choice) == "table" then
       local d = choice.delta
