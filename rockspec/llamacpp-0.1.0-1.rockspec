@@ -46,6 +46,7 @@ build = {
     -- the fake llama-server of llamacpp.testing is the specs' fixture server
     ["llamacpp.testing.server"] = "spec/fixture/server.lua",
     ["llamacpp.router"] = "lua/llamacpp/router.lua",
+    ["llamacpp.providers.base"] = "lua/llamacpp/providers/base.lua",
     ["llamacpp.providers.openai"] = "lua/llamacpp/providers/openai.lua",
     ["llamacpp.providers.ollama"] = "lua/llamacpp/providers/ollama.lua",
     ["llamacpp.providers.anthropic"] = "lua/llamacpp/providers/anthropic.lua",

@@ -24,7 +24,7 @@
 local core = require "llamacpp.core"
 local client_mod = require "llamacpp.client"
 local errors = require "llamacpp.errors"
-local openai = require "llamacpp.providers.openai"
+local base = require "llamacpp.providers.base"
 
 local M = {}
 
@@ -636,7 +636,7 @@ local function check_req(req, fname)
   if type(req) ~= "table" then
     error("bad argument #1 to '" .. fname .. "' (table expected, got " .. type(req) .. ")", 3)
   end
-  openai.check_request(req, 4)
+  base.check_request(req, 4)
 end
 
 --- One chat completion through the router: res (with res.provider, the

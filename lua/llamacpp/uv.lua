@@ -568,7 +568,7 @@ local function routed(router, req, fname, cb, opts)
     error("bad argument #3 to '" .. fname .. "' (function expected)", 3)
   end
   local R = require "llamacpp.router"
-  require("llamacpp.providers.openai").check_request(req, 4)
+  require("llamacpp.providers.base").check_request(req, 4)
   local tier = router:_tier_of(req, 3)
   local uv = loop_of(opts, 3)
   local h = setmetatable({ uv = uv, on_error = opts and opts.on_error,

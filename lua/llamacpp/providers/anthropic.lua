@@ -21,7 +21,7 @@
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 local Text = require "llamacpp.text"
-local openai = require "llamacpp.providers.openai"
+local base = require "llamacpp.providers.base"
 
 local M = {
   name = "anthropic",
@@ -33,7 +33,7 @@ local M = {
 }
 
 local type, pairs, ipairs, next, concat = type, pairs, ipairs, next, table.concat
-local str, int = openai.str, openai.int
+local str, int = base.str, base.int
 
 function M.headers(key)
   local h = { "anthropic-version: " .. M.version }
@@ -208,11 +208,8 @@ end
 
 --- The JSON body (a table) of a chat request.
 function M.chat_body(req, stream, model)
-  openai.check_request(req)
-  local body = {}
-  for k, v in pairs(req) do
-    if not HANDLED[k] then body[k] = v end
-  end
+  base.check_request(req)
+  local body = base.passed(req, HANDLED)
   local msgs, system = convert_messages(req.messages or {}, 4)
   if req.system then table.insert(system, 1, req.system) end
   if #system > 0 then body.system = concat(system, "\n\n") end
@@ -243,17 +240,11 @@ local function usage_of(u, into)
   return into
 end
 
-local function stop_reason_of(r)
-  r = str(r)
-  return r and (STOP_REASONS[r] or r) or nil
-end
+local stop_reason_of = base.stop_reasons(STOP_REASONS)
 
 --- A non-streamed answer as a result table, or nil, Error.
 function M.parse_chat(obj)
-  if type(obj.content) ~= "table" then
-    return nil, errors.new("protocol", "anthropic answer has no content",
-                           { body = json.encode(obj):sub(1, 4096) })
-  end
+  if type(obj.content) ~= "table" then return base.bad_answer("anthropic answer has no content", obj) end
   local text, reasoning, calls, thinking = {}, {}, nil, nil
   for _, b in ipairs(obj.content) do
     if type(b) == "table" then

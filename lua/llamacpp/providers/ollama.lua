@@ -18,7 +18,7 @@
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 local Text = require "llamacpp.text"
-local openai = require "llamacpp.providers.openai"
+local base = require "llamacpp.providers.base"
 
 local M = {
   name = "ollama",
@@ -29,13 +29,10 @@ local M = {
 }
 
 local type, pairs, ipairs, next, concat = type, pairs, ipairs, next, table.concat
-local str, int = openai.str, openai.int
+local str, int = base.str, base.int
 
 -- Ollama's API has a key only behind a proxy or on ollama.com: Bearer.
-function M.headers(key)
-  if key then return { "Authorization: Bearer " .. key } end
-  return {}
-end
+M.headers = base.bearer
 
 -- Top-level request fields that are model options in Ollama.
 local OPTION_FIELDS = {
@@ -148,11 +145,8 @@ end
 
 --- The JSON body (a table) of a chat request.
 function M.chat_body(req, stream, model)
-  openai.check_request(req)
-  local body = {}
-  for k, v in pairs(req) do
-    if not HANDLED[k] and not OPTION_FIELDS[k] then body[k] = v end
-  end
+  base.check_request(req)
+  local body = base.passed(req, HANDLED, OPTION_FIELDS)
   local options = {}
   for k in pairs(OPTION_FIELDS) do
     if req[k] ~= nil then options[k] = req[k] end
@@ -233,8 +227,7 @@ function M.parse_chat(obj)
     if obj.error ~= nil then
       return nil, errors.http(500, json.encode(obj), nil, M.label)
     end
-    return nil, errors.new("protocol", "ollama answer has no message",
-                           { body = json.encode(obj):sub(1, 4096) })
+    return base.bad_answer("ollama answer has no message", obj)
   end
   local calls
   if type(msg.tool_calls) == "table" then

@@ -7,50 +7,12 @@
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 local text = require "llamacpp.text"
+local base = require "llamacpp.providers.base"
 
 local M = {}
 
 local type, pairs, concat = type, pairs, table.concat
-
--- llama-server's plain token chunk:
---   {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"<text>"}}],
---    "created":<n>,"id":"...","model":"...","system_fingerprint":"...",
---    "object":"chat.completion.chunk"}
--- given to the C core as a template: such an event (nothing after the
--- delta, no object or array after "created") reaches feed() as its text
--- alone, JSON escapes undone, with name == true: no JSON decode in Lua.
-M.LLAMA_TEMPLATE = {
-  '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"',
-  '"}}],"created":',
-  '"object":"chat.completion.chunk"}',
-}
-
-local function str(v) if type(v) == "string" then return v end end
-
-local int, ints = json.int, json.ints
-
-M.str, M.int, M.ints = str, int, ints
-
--- Request fields that are ours, not the server's.
-local LOCAL_FIELDS = { system = true, messages = true, tier = true }
-M.LOCAL_FIELDS = LOCAL_FIELDS
-
---- Checks the fields every provider reads; raises a positioned error
--- `level` frames up (default 4: the caller of client:chat, which calls
--- chat_body, which calls this).
-function M.check_request(req, level)
-  level = level or 4
-  local msgs = req.messages
-  if msgs == nil and req.system == nil then
-    error("bad request: 'messages' is required", level)
-  end
-  if msgs ~= nil and type(msgs) ~= "table" then
-    error("bad request: 'messages' must be a table (got " .. type(msgs) .. ")", level)
-  end
-  if req.system ~= nil and type(req.system) ~= "string" then
-    error("bad request: 'system' must be a string (got " .. type(req.system) .. ")", level)
-  end
-end
+local str, int, ints = base.str, base.int, base.ints
 
 local function usage_of(u)
   if type(u) ~= "table" then return nil end
@@ -122,20 +84,14 @@ function M.variant(spec)
   }
   local label = spec.label
 
-  function P.headers(key)
-    if key then return { "Authorization: Bearer " .. key } end
-    return {}
-  end
+  P.headers = base.bearer
 
   --- The JSON body (a table) of a chat request. Every field the caller set
   -- passes through, except `system` (the first message) and `tier`.
   function P.chat_body(req, stream, model)
-    M.check_request(req)
+    base.check_request(req)
     local msgs = req.messages
-    local body = {}
-    for k, v in pairs(req) do
-      if not LOCAL_FIELDS[k] then body[k] = v end
-    end
+    local body = base.passed(req, base.LOCAL_FIELDS)
     local out = json.array()
     if req.system then out[1] = { role = "system", content = req.system } end
     if msgs then
@@ -164,10 +120,7 @@ function M.variant(spec)
   function P.parse_chat(obj)
     local choice = type(obj.choices) == "table" and obj.choices[1]
     local msg = type(choice) == "table" and choice.message
-    if type(msg) ~= "table" then
-      return nil, errors.new("protocol", label .. " answer has no choices[1].message",
-                             { body = json.encode(obj):sub(1, 4096) })
-    end
+    if type(msg) ~= "table" then return base.bad_answer(label .. " answer has no choices[1].message", obj) end
     local lp = type(choice.logprobs) == "table" and choice.logprobs.content
     return {
       content = str(msg.content) or "",
