@@ -17,12 +17,12 @@
 -- tool), `prompt_eval_count`/`eval_count` -> usage.
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
-local Text = require "llamacpp.text"
 local base = require "llamacpp.providers.base"
 
-local M = {
+-- A key is sent as a bearer token: Ollama's API has one only behind a
+-- proxy or on ollama.com.
+local M = base.provider{
   name = "ollama",
-  label = "ollama",
   chat_path = "/api/chat",
   framing = "ndjson",
   default_endpoint = "http://localhost:11434",
@@ -30,9 +30,6 @@ local M = {
 
 local type, pairs, ipairs, next, concat = type, pairs, ipairs, next, table.concat
 local str, int = base.str, base.int
-
--- Ollama's API has a key only behind a proxy or on ollama.com: Bearer.
-M.headers = base.bearer
 
 -- Top-level request fields that are model options in Ollama.
 local OPTION_FIELDS = {
@@ -254,48 +251,29 @@ function M.parse_chat(obj)
 end
 
 
---- Stream decoder: one line of NDJSON per feed(); `finished` on the line
+-- Stream decoder: one line of NDJSON per feed(); `finished` on the line
 -- with `"done": true`.
-local Decoder = {}
-Decoder.__index = Decoder
-
--- opts.assemble = false: keep no text for done.content and err.partial
-function M.decoder(opts)
-  local keep = Text.keep(opts)
-  return setmetatable({ content = Text.new(keep), reasoning = Text.new(keep), tools = {},
-                        finished = false }, Decoder)
-end
+local Decoder = base.decoder_class(M.label)
+M.decoder = Decoder.new
 
 function Decoder:feed(data, _, push)
-  local obj, err = errors.decode_event(data, "line")
+  -- a failure after the headers is {"error":"..."} on a line of its own
+  local obj, err = self:decode(data, "line")
   if not obj then return err end
-  if obj.error ~= nil then
-    -- a failure after the headers: {"error":"..."} on a line of its own
-    return errors.in_stream(data, nil, M.label)
-  end
-  if self.model == nil then self.model = str(obj.model) end
+  self:identify(obj.model)
   local m = obj.message
   if type(m) == "table" then
-    local r = str(m.thinking)
-    if r and r ~= "" then
-      self.reasoning:add(r)
-      push({ type = "reasoning", content = r })
-    end
-    local c = str(m.content)
-    if c and c ~= "" then
-      self.content:add(c)
-      push({ type = "content", content = c })
-    end
+    self:text(push, "reasoning", str(m.thinking))
+    self:text(push, "content", str(m.content))
     if type(m.tool_calls) == "table" then
       -- Ollama sends each call whole, in one line
       for i = 1, #m.tool_calls do
         local n = #self.tools
         local tc = tool_call_of(m.tool_calls[i], n)
         if tc then
-          tc.index = n
-          self.tools[n + 1] = tc
-          push({ type = "tool_call", index = n, id = tc.id, name = tc.name,
-                 arguments = tc.arguments })
+          local slot = self:tool(n)
+          slot.id, slot.name = tc.id, tc.name
+          base.tool_args(push, slot, tc.arguments)
         end
       end
     end
@@ -307,29 +285,6 @@ function Decoder:feed(data, _, push)
     self.timings = timings_of(obj)
   end
   return nil
-end
-
-function Decoder:partial()
-  return self.content:get()
-end
-
-function Decoder:done()
-  local calls
-  for i = 1, #self.tools do
-    local t = self.tools[i]
-    calls = calls or {}
-    calls[i] = { id = t.id, type = "function", name = t.name, arguments = t.arguments }
-  end
-  return {
-    type = "done",
-    content = self.content:get(),
-    reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
-    tool_calls = calls,
-    stop_reason = self.stop_reason,
-    usage = self.usage,
-    timings = self.timings,
-    model = self.model,
-  }
 end
 
 return M

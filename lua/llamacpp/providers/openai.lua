@@ -5,13 +5,11 @@
 -- interface is described in providers/llamacpp.lua, which is this same
 -- translation with llama-server's defaults (see M.variant).
 local json = require "llamacpp.json"
-local errors = require "llamacpp.errors"
-local text = require "llamacpp.text"
 local base = require "llamacpp.providers.base"
 
 local M = {}
 
-local type, pairs, concat = type, pairs, table.concat
+local type, pairs = type, pairs
 local str, int, ints = base.str, base.int, base.ints
 
 local function usage_of(u)
@@ -70,21 +68,82 @@ function M.wire_message(m)
 end
 
 
+-- {====== stream decoder ======
+-- One per stream (the class is made per variant, for its label). feed()
+-- turns one SSE event into normalised events via push(ev); it returns an
+-- Error to end the stream with, or nil. `finished` is set by the `[DONE]`
+-- terminator.
+
+local tool_args = base.tool_args
+
+local function feed(self, data, name, push)
+  if name == true then                 -- the template's plain token
+    if data == "" then return nil end
+    self.content:add(data)
+    return nil, { type = "content", content = data }
+  end
+  if data == "[DONE]" then
+    self.finished = true
+    return nil
+  end
+  local obj, err = self:decode(data)
+  if not obj then return err end
+  self:identify(obj.model, obj.id)
+  local choice = type(obj.choices) == "table" and obj.choices[1]
+  if type(choice) == "table" then
+    local d = choice.delta
+    if type(d) == "table" then
+      self:text(push, "reasoning", str(d.reasoning_content) or str(d.reasoning))
+      local lp = choice.logprobs
+      self:text(push, "content", d.content, "logprobs",
+                type(lp) == "table" and type(lp.content) == "table" and lp.content or nil)
+      local rf = str(d.refusal)
+      if rf and rf ~= "" then self.refusal = (self.refusal or "") .. rf end
+      local tcs = d.tool_calls
+      if type(tcs) == "table" then
+        for i = 1, #tcs do
+          local tc = tcs[i]
+          if type(tc) == "table" then
+            local slot = self:tool(int(tonumber(tc.index)) or (i - 1))
+            local fn = type(tc["function"]) == "table" and tc["function"] or {}
+            slot.id = str(tc.id) or slot.id
+            slot.name = str(fn.name) or slot.name
+            tool_args(push, slot, str(fn.arguments) or "")
+          end
+        end
+      end
+    end
+    local fr = str(choice.finish_reason)
+    if fr then self.stop_reason = fr end
+  end
+  if obj.usage ~= nil then self.usage = usage_of(obj.usage) end
+  if type(obj.timings) == "table" then self.timings = obj.timings end  -- ints() at done
+  return nil
+end
+
+-- The done event has the refusal text, if any, and integer timings.
+local function done(self)
+  local ev = base.Decoder.done(self)
+  ev.refusal = self.refusal
+  ev.timings = ints(self.timings)
+  return ev
+end
+
+-- }======
+
+
 --- A provider for one flavour of Chat Completions server. `spec` has
 -- name, label, default_endpoint, chat_path and default_max_tokens (nil:
 -- send max_tokens only when the caller sets it).
 function M.variant(spec)
-  local P = {
+  local P = base.provider{
     name = spec.name,
     label = spec.label,
     chat_path = spec.chat_path,
-    framing = "sse",
     default_endpoint = spec.default_endpoint,
     template = spec.template,
   }
   local label = spec.label
-
-  P.headers = base.bearer
 
   --- The JSON body (a table) of a chat request. Every field the caller set
   -- passes through, except `system` (the first message) and `tier`.
@@ -137,115 +196,10 @@ function M.variant(spec)
     }
   end
 
-
-  --- Stream decoder: one per stream. feed() turns one SSE event into
-  -- normalised events via push(ev); it returns an Error to end the stream
-  -- with, or nil. `finished` is set by the `[DONE]` terminator.
-  local Decoder = {}
-  Decoder.__index = Decoder
-
-  -- opts.assemble = false: keep no text for done.content and err.partial
-  function P.decoder(opts)
-    local keep = text.keep(opts)
-    return setmetatable({ content = text.new(keep), reasoning = text.new(keep), tools = {},
-                          finished = false }, Decoder)
-  end
-
-  function Decoder:feed(data, name, push)
-    if name == true then                 -- the template's plain token
-      if data == "" then return nil end
-      self.content:add(data)
-      return nil, { type = "content", content = data }
-    end
-    if data == "[DONE]" then
-      self.finished = true
-      return nil
-    end
-    local obj, err = errors.decode_event(data)
-    if not obj then return err end
-    if obj.error ~= nil then return errors.in_stream(data, obj.error, label) end
-    -- the first non-empty model and id: Azure opens with a content-filter
-    -- notice whose "model" and "id" are ""
-    if self.model == nil or self.model == "" then self.model = str(obj.model) or self.model end
-    if self.id == nil or self.id == "" then self.id = str(obj.id) or self.id end
-    local choice = type(obj.choices) == "table" and obj.choices[1]
-    if type(choice) == "table" then
-      local d = choice.delta
-      if type(d) == "table" then
-        local r = str(d.reasoning_content) or str(d.reasoning)
-        if r and r ~= "" then
-          self.reasoning:add(r)
-          push({ type = "reasoning", content = r })
-        end
-        local c = d.content
-        if type(c) == "string" and c ~= "" then
-          self.content:add(c)
-          local ev = { type = "content", content = c }
-          local lp = choice.logprobs
-          if type(lp) == "table" and type(lp.content) == "table" then ev.logprobs = lp.content end
-          push(ev)
-        end
-        local rf = str(d.refusal)
-        if rf and rf ~= "" then self.refusal = (self.refusal or "") .. rf end
-        local tcs = d.tool_calls
-        if type(tcs) == "table" then
-          for i = 1, #tcs do
-            local tc = tcs[i]
-            if type(tc) == "table" then
-              local index = int(tonumber(tc.index)) or (i - 1)
-              local slot = self.tools[index + 1]
-              if not slot then
-                slot = { args = {} }
-                self.tools[index + 1] = slot
-              end
-              local fn = type(tc["function"]) == "table" and tc["function"] or {}
-              slot.id = str(tc.id) or slot.id
-              slot.name = str(fn.name) or slot.name
-              local frag = str(fn.arguments) or ""
-              slot.args[#slot.args + 1] = frag
-              push({ type = "tool_call", index = index, id = slot.id,
-                     name = slot.name, arguments = frag })
-            end
-          end
-        end
-      end
-      local fr = str(choice.finish_reason)
-      if fr then self.stop_reason = fr end
-    end
-    if obj.usage ~= nil then self.usage = usage_of(obj.usage) end
-    if type(obj.timings) == "table" then self.timings = obj.timings end  -- ints() at done
-    return nil
-  end
-
-  --- The text received so far (for `partial` on errors).
-  function Decoder:partial()
-    return self.content:get()
-  end
-
-  --- The `done` event.
-  function Decoder:done()
-    local calls
-    for i = 1, #self.tools do
-      local s = self.tools[i]
-      if s then
-        calls = calls or {}
-        calls[#calls + 1] = { id = s.id, type = "function", name = s.name,
-                              arguments = concat(s.args) }
-      end
-    end
-    return {
-      type = "done",
-      content = self.content:get(),
-      reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
-      tool_calls = calls,
-      refusal = self.refusal,
-      stop_reason = self.stop_reason,
-      usage = self.usage,
-      timings = ints(self.timings),
-      model = self.model,
-      id = self.id,
-    }
-  end
+  -- the stream decoder: feed and done above, with this variant's label
+  local Decoder = base.decoder_class(label)
+  Decoder.feed, Decoder.done = feed, done
+  P.decoder = Decoder.new
 
   return P
 end
