@@ -4,7 +4,7 @@
 local core = require "llamacpp.core"
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
-local native = require "llamacpp.native"
+local native = require "llamacpp.providers.native"
 
 local M = {}
 
