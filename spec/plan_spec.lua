@@ -15,6 +15,9 @@ local has_luv, luv = pcall(require, "luv")
 local lu = require "llamacpp.uv"
 
 local MSGS = { { role = "user", content = "Say hello." } }
+-- an image by URL: the Ollama wire cannot carry it (base64 only)
+local IMAGE_URL = { { role = "user", content = { { type = "text", text = "What is this?" },
+  { type = "image_url", image_url = { url = "http://127.0.0.1:1/cat.png" } } } } }
 
 -- What a driver's run came to, in one comparable table.
 local function summary(res, err, evs)
@@ -34,6 +37,7 @@ local function summary(res, err, evs)
     out.ok, out.provider = true, res.provider
   else
     out.ok, out.kind, out.retryable, out.provider = false, err.kind, err.retryable, err.provider
+    out.message = err.message
   end
   if not evs then out.types = nil end
   return out
@@ -159,6 +163,18 @@ describe("llamacpp.router.plan", function()
                                             { name = "two", endpoint = answers(mode) } } end,
       whole = { ok = true, provider = "two", attempts = {} },
       stream = { ok = true, provider = "two", attempts = {} } },
+    { name = "a deployment whose wire cannot carry the request is skipped",
+      req = { messages = IMAGE_URL },
+      deployments = function(mode) return { { name = "ollama", provider = "ollama", endpoint = util.down() },
+                                            { name = "two", endpoint = answers(mode) } } end,
+      whole = { ok = true, provider = "two", attempts = { "ollama:unsupported" } },
+      stream = { ok = true, provider = "two", attempts = { "ollama:unsupported" } } },
+    { name = "no deployment can carry the request: no_provider, saying why",
+      req = { messages = IMAGE_URL },
+      deployments = function() return { { name = "ollama", provider = "ollama", endpoint = util.down() } } end,
+      whole = { ok = false, kind = "no_provider", retryable = false, attempts = { "ollama:unsupported" } },
+      stream = { ok = false, kind = "no_provider", retryable = false, attempts = { "ollama:unsupported" } },
+      message = "ollama .*cannot take this request: Ollama takes images as base64 data, not URLs" },
   }
 
   local function make(case, mode)
@@ -178,11 +194,13 @@ describe("llamacpp.router.plan", function()
         local seen = {}
         for dname, drive in pairs(drivers) do
           local r = make(case, mode)
-          local got = drive(r, { messages = MSGS })
+          local got = drive(r, case.req or { messages = MSGS })
           if case.after then case.after(r) end
           for k, v in pairs(want) do
             assert.same(v, got[k], dname .. ": " .. k)
           end
+          if case.message then assert.matches(case.message, got.message) end
+          got.message = nil           -- it names each run's own closed ports
           if mode == "stream" then
             if got.ok then
               assert.equal("done", got.types[#got.types], dname)

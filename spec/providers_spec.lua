@@ -10,6 +10,11 @@
 --   stream_options.include_usage giving a last chunk with `choices: []`;
 --   streamed tool_calls deltas keyed by `index`) and "Error codes" (429
 --   with Retry-After, 401 invalid_api_key).
+--   openai_azure_filter_stream is Azure OpenAI's variant of that stream,
+--   as its "Content filtering" docs and public recordings show it: a first
+--   chunk that is only the prompt's filter verdicts (`prompt_filter_results`,
+--   `"choices":[]`, `"id":""`, `"model":""`, `"created":0`), then the usual
+--   chunks, each with its `content_filter_results`.
 -- - ollama_*: Ollama's docs/api.md, "Generate a chat completion"
 --   (`POST /api/chat`, application/x-ndjson stream, one object per line,
 --   the last with done/done_reason/prompt_eval_count/eval_count; thinking
@@ -123,6 +128,19 @@ describe("llamacpp.providers", function()
       assert.equal(true, b.stream)
       assert.equal(true, b.stream_options.include_usage)
       assert.equal("text/event-stream", last_request().headers.accept)
+    end)
+
+    it("takes done.model and done.id from the first chunk that has them (Azure's filter notice has none)", function()
+      local evs = util.collect(client("openai", "openai_azure_filter_stream"):chat_stream{ messages = MSGS })
+      check_vocabulary(evs)
+      local last = evs[#evs]
+      assert.equal("done", last.type)
+      assert.equal("The capital of France is Paris.", last.content)
+      assert.equal(7, count(evs, "content"))
+      assert.equal("stop", last.stop_reason)
+      assert.equal("gpt-4o-2024-11-20", last.model)
+      assert.equal("chatcmpl-B0fQm2Xk8vR4nT7pL9cJ3sW6yZ1aD", last.id)
+      assert.equal(21, last.usage.total_tokens)
     end)
 
     it("streams tool-call deltas by index and assembles them", function()

@@ -1,19 +1,16 @@
 -- Programmer errors (DESIGN.md section 3): raised at the line of the
 -- caller's code, however deep inside llamacpp they are found. The level
 -- is not counted by hand: raise() walks up the stack past every frame of
--- llamacpp's own modules (each registers itself with own()) and past C
--- frames, to the first frame of the caller's code.
+-- llamacpp's own modules (the files beside this one and below) and past
+-- C frames, to the first frame of the caller's code.
 local M = {}
 
 local getinfo, error, type, getmetatable = debug.getinfo, error, type, getmetatable
 
-local own = {}   -- chunk names of llamacpp's Lua modules
-
--- Called once at the top of each module: its frames are never the caller.
-function M.own()
-  own[getinfo(2, "S").source] = true
-end
-M.own()
+-- "@/usr/share/lua/5.4/llamacpp/": the chunk names of llamacpp's modules
+-- start with this file's directory, wherever the rock is installed
+local prefix = getinfo(1, "S").source:match("^(@.*[/\\])[^/\\]+$") or "\0"
+local sub = string.sub
 
 -- The error() level, counted from raise(), of the caller's frame; 0 (no
 -- position) when the stack has no frame outside llamacpp (a coroutine of
@@ -24,7 +21,7 @@ local function caller_level()
     local info = getinfo(level, "S")
     if not info then return 0 end
     -- "tail": Lua 5.1's placeholder for a frame a tail call replaced
-    if not own[info.source] and info.what ~= "C" and info.what ~= "tail" then
+    if sub(info.source, 1, #prefix) ~= prefix and info.what ~= "C" and info.what ~= "tail" then
       return level - 1
     end
     level = level + 1
@@ -36,12 +33,7 @@ function M.raise(msg)
   error(msg, caller_level())
 end
 
---- Raises "bad argument #n to 'fname' (msg)" at the caller's line.
-function M.bad(n, fname, msg)
-  error("bad argument #" .. n .. " to '" .. fname .. "' (" .. msg .. ")", caller_level())
-end
-
---- M.bad unless cond.
+--- Raises "bad argument #n to 'fname' (msg)" at the caller's line unless cond.
 function M.check(cond, n, fname, msg)
   if not cond then
     error("bad argument #" .. n .. " to '" .. fname .. "' (" .. msg .. ")", caller_level())

@@ -4,9 +4,8 @@
 local core = require "llamacpp.core"
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
-local native = require "llamacpp.native"
+local native = require "llamacpp.providers.native"
 local args = require "llamacpp.args"
-args.own()
 
 local M = {}
 
@@ -17,7 +16,8 @@ local type, pairs, next, setmetatable, tostring = type, pairs, next, setmetatabl
 local function load_provider(name)
   if type(name) ~= "string" or not name:match("^[%w_]+$") then return nil end
   local ok, p = pcall(require, "llamacpp.providers." .. name)
-  if ok and type(p) == "table" then return p end
+  -- a provider has chat_body (providers/base.lua and native.lua are not ones)
+  if ok and type(p) == "table" and p.chat_body then return p end
   if not ok and not tostring(p):find("module 'llamacpp.providers." .. name .. "' not found", 1, true) then
     error(p, 0)          -- the provider exists but is broken: say so
   end

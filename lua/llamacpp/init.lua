@@ -12,7 +12,6 @@ local core = require "llamacpp.core"
 local client = require "llamacpp.client"
 local errors = require "llamacpp.errors"
 local args = require "llamacpp.args"
-args.own()
 
 local M = {
   _VERSION = "llamacpp " .. core.version,

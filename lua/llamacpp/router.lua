@@ -24,7 +24,6 @@
 local config = require "llamacpp.router.config"
 local Plan = require "llamacpp.router.plan"
 local args = require "llamacpp.args"
-args.own()
 
 local M = {}
 

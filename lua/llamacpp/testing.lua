@@ -33,7 +33,6 @@
 local socket = require "socket"
 local cjson = require "cjson"
 local args = require "llamacpp.args"
-args.own()
 
 local M = {}
 

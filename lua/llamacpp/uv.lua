@@ -15,7 +15,6 @@
 -- @module llamacpp.uv
 local client_mod = require "llamacpp.client"
 local args = require "llamacpp.args"
-args.own()
 
 local M = {}
 local callable = args.callable

@@ -20,20 +20,15 @@
 -- "tool_calls" (others as they are); usage input/output tokens.
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
-local Text = require "llamacpp.text"
-local openai = require "llamacpp.providers.openai"
+local base = require "llamacpp.providers.base"
 
-local M = {
-  name = "anthropic",
-  label = "anthropic",
-  chat_path = "/v1/messages",
-  framing = "sse",
-  default_endpoint = "https://api.anthropic.com",
+local M = base.provider{
+  name = "anthropic", chat_path = "/v1/messages", default_endpoint = "https://api.anthropic.com",
   version = "2023-06-01",     -- the anthropic-version header
 }
 
 local type, pairs, ipairs, next, concat = type, pairs, ipairs, next, table.concat
-local str, int = openai.str, openai.int
+local str, int, tool_args = base.str, base.int, base.tool_args
 
 function M.headers(key)
   local h = { "anthropic-version: " .. M.version }
@@ -110,14 +105,11 @@ end
 
 -- OpenAI-style messages -> Anthropic messages, and the system text found
 -- among them (role "system"/"developer").
-local function convert_messages(msgs, level)
+local function convert_messages(msgs)
   local out, system = json.array(), {}
   local pending                       -- the user message collecting tool results
   for i = 1, #msgs do
-    local m = msgs[i]
-    if type(m) ~= "table" then
-      error("bad request: messages[" .. i .. "] must be a table", level)
-    end
+    local m = msgs[i]                 -- a table: base.check_request
     local role = m.role
     if role == "system" or role == "developer" then
       local c = m.content
@@ -208,12 +200,9 @@ end
 
 --- The JSON body (a table) of a chat request.
 function M.chat_body(req, stream, model)
-  openai.check_request(req)
-  local body = {}
-  for k, v in pairs(req) do
-    if not HANDLED[k] then body[k] = v end
-  end
-  local msgs, system = convert_messages(req.messages or {}, 4)
+  base.check_request(req)
+  local body = base.passed(req, HANDLED)
+  local msgs, system = convert_messages(req.messages or {})
   if req.system then table.insert(system, 1, req.system) end
   if #system > 0 then body.system = concat(system, "\n\n") end
   body.messages = msgs
@@ -243,17 +232,11 @@ local function usage_of(u, into)
   return into
 end
 
-local function stop_reason_of(r)
-  r = str(r)
-  return r and (STOP_REASONS[r] or r) or nil
-end
+local stop_reason_of = base.stop_reasons(STOP_REASONS)
 
 --- A non-streamed answer as a result table, or nil, Error.
 function M.parse_chat(obj)
-  if type(obj.content) ~= "table" then
-    return nil, errors.new("protocol", "anthropic answer has no content",
-                           { body = json.encode(obj):sub(1, 4096) })
-  end
+  if type(obj.content) ~= "table" then return base.bad_answer("anthropic answer has no content", obj) end
   local text, reasoning, calls, thinking = {}, {}, nil, nil
   for _, b in ipairs(obj.content) do
     if type(b) == "table" then
@@ -292,14 +275,13 @@ end
 
 --- Stream decoder: one SSE event per feed(), dispatched on its `type`
 -- (the same as its `event:` name). `finished` on `message_stop`.
-local Decoder = {}
-Decoder.__index = Decoder
+local Decoder = base.decoder_class(M.label)
+Decoder.empty_arguments = "{}"        -- a tool without input
 
--- opts.assemble = false: keep no text for done.content and err.partial
 function M.decoder(opts)
-  local keep = Text.keep(opts)
-  return setmetatable({ content = Text.new(keep), reasoning = Text.new(keep), tools = {}, blocks = {},
-                        finished = false }, Decoder)
+  local d = Decoder.new(opts)
+  d.blocks = {}                       -- content blocks by their index
+  return d
 end
 
 function Decoder:feed(data, name, push)
@@ -313,65 +295,46 @@ function Decoder:feed(data, name, push)
   end
   if t == "message_start" then
     local m = type(obj.message) == "table" and obj.message or {}
-    self.model, self.id = str(m.model), str(m.id)
+    self:identify(m.model, m.id)
     self.usage = usage_of(m.usage, self.usage)
   elseif t == "content_block_start" then
     local cb = type(obj.content_block) == "table" and obj.content_block or {}
     local blk = { type = cb.type }
     self.blocks[int(obj.index) or #self.blocks] = blk
     if cb.type == "tool_use" then
-      local n = #self.tools
-      blk.tool = { index = n, id = str(cb.id), name = str(cb.name), args = {} }
-      self.tools[n + 1] = blk.tool
-      push({ type = "tool_call", index = n, id = blk.tool.id, name = blk.tool.name,
-             arguments = "" })
+      local tool = self:tool(#self.tools)
+      tool.id, tool.name = str(cb.id), str(cb.name)
+      blk.tool = tool
+      tool_args(push, tool, "")       -- the call is known: an event at once
     elseif cb.type == "thinking" then
       blk.thinking = { type = "thinking", parts = {}, signature = str(cb.signature) }
       self.thinking = self.thinking or {}
       self.thinking[#self.thinking + 1] = blk.thinking
       local r = str(cb.thinking)
-      if r and r ~= "" then
-        blk.thinking.parts[1] = r
-        self.reasoning:add(r)
-        push({ type = "reasoning", content = r })
-      end
+      if r and r ~= "" then blk.thinking.parts[1] = r end
+      self:text(push, "reasoning", r)
     elseif cb.type == "redacted_thinking" then
       -- encrypted: nothing to show, but it must go back in the next turn
       self.thinking = self.thinking or {}
       self.thinking[#self.thinking + 1] = { type = "redacted_thinking", data = cb.data }
     elseif cb.type == "text" then
-      local c = str(cb.text)
-      if c and c ~= "" then
-        self.content:add(c)
-        push({ type = "content", content = c })
-      end
+      self:text(push, "content", str(cb.text))
     end
   elseif t == "content_block_delta" then
     local d = type(obj.delta) == "table" and obj.delta or {}
     local blk = self.blocks[int(obj.index)] or {}
     if d.type == "text_delta" then
-      local c = str(d.text)
-      if c and c ~= "" then
-        self.content:add(c)
-        push({ type = "content", content = c })
-      end
+      self:text(push, "content", str(d.text))
     elseif d.type == "thinking_delta" then
       local r = str(d.thinking)
-      if r and r ~= "" then
-        self.reasoning:add(r)
-        if blk.thinking then blk.thinking.parts[#blk.thinking.parts + 1] = r end
-        push({ type = "reasoning", content = r })
-      end
+      if r and r ~= "" and blk.thinking then blk.thinking.parts[#blk.thinking.parts + 1] = r end
+      self:text(push, "reasoning", r)
     elseif d.type == "signature_delta" then
       if blk.thinking then blk.thinking.signature = (blk.thinking.signature or "") .. (str(d.signature) or "") end
     elseif d.type == "input_json_delta" then
       local tool = blk.tool
       local frag = str(d.partial_json) or ""
-      if tool and frag ~= "" then
-        tool.args[#tool.args + 1] = frag
-        push({ type = "tool_call", index = tool.index, id = tool.id, name = tool.name,
-               arguments = frag })
-      end
+      if tool and frag ~= "" then tool_args(push, tool, frag) end
     end
   elseif t == "message_delta" then
     local d = type(obj.delta) == "table" and obj.delta or {}
@@ -388,19 +351,10 @@ function Decoder:feed(data, name, push)
   return nil
 end
 
-function Decoder:partial()
-  return self.content:get()
-end
-
+-- The done event has the thinking blocks (to send back in the next turn)
+-- and the stop sequence that ended the answer.
 function Decoder:done()
-  local calls
-  for i = 1, #self.tools do
-    local tl = self.tools[i]
-    local a = concat(tl.args)
-    calls = calls or {}
-    calls[i] = { id = tl.id, type = "function", name = tl.name,
-                 arguments = a ~= "" and a or "{}" }
-  end
+  local ev = base.Decoder.done(self)
   local thinking
   for i, b in ipairs(self.thinking or {}) do
     thinking = thinking or {}
@@ -410,18 +364,9 @@ function Decoder:done()
       thinking[i] = b
     end
   end
-  return {
-    type = "done",
-    content = self.content:get(),
-    reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
-    thinking_blocks = thinking,
-    tool_calls = calls,
-    stop_reason = self.stop_reason,
-    stop_sequence = self.stop_sequence,
-    usage = self.usage,
-    model = self.model,
-    id = self.id,
-  }
+  ev.thinking_blocks = thinking
+  ev.stop_sequence = self.stop_sequence
+  return ev
 end
 
 return M

@@ -23,12 +23,28 @@
 -- its `event:` name (nil for the default); "ndjson" one line, name nil.
 -- When the transfer ends the client emits d:done() if d.finished, else a
 -- `truncated` error. Request fields that are not the server's (`system`,
--- `tier`) are the provider's to remove; the others pass through.
+-- `tier`) are the provider's to remove; the others pass through. What
+-- providers share (the request check, the decoder's scaffolding) is in
+-- providers/base.lua.
+
+-- llama-server's plain token chunk:
+--   {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"<text>"}}],
+--    "created":<n>,"id":"...","model":"...","system_fingerprint":"...",
+--    "object":"chat.completion.chunk"}
+-- given to the C core as a template: such an event (nothing after the
+-- delta, no object or array after "created") reaches feed() as its text
+-- alone, JSON escapes undone, with name == true: no JSON decode in Lua.
+local LLAMA_TEMPLATE = {
+  '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"',
+  '"}}],"created":',
+  '"object":"chat.completion.chunk"}',
+}
+
 return require("llamacpp.providers.openai").variant{
   name = "llamacpp",
   label = "llama-server",
   default_endpoint = "http://127.0.0.1:8080",
   chat_path = "/v1/chat/completions",
   default_max_tokens = 2048,
-  template = require("llamacpp.providers.openai").LLAMA_TEMPLATE,
+  template = LLAMA_TEMPLATE,
 }

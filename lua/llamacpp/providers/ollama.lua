@@ -17,25 +17,20 @@
 -- tool), `prompt_eval_count`/`eval_count` -> usage.
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
-local Text = require "llamacpp.text"
-local openai = require "llamacpp.providers.openai"
+local base = require "llamacpp.providers.base"
+local args = require "llamacpp.args"
 
-local M = {
+-- A key is sent as a bearer token: Ollama's API has one only behind a
+-- proxy or on ollama.com.
+local M = base.provider{
   name = "ollama",
-  label = "ollama",
   chat_path = "/api/chat",
   framing = "ndjson",
   default_endpoint = "http://localhost:11434",
 }
 
 local type, pairs, ipairs, next, concat = type, pairs, ipairs, next, table.concat
-local str, int = openai.str, openai.int
-
--- Ollama's API has a key only behind a proxy or on ollama.com: Bearer.
-function M.headers(key)
-  if key then return { "Authorization: Bearer " .. key } end
-  return {}
-end
+local str, int = base.str, base.int
 
 -- Top-level request fields that are model options in Ollama.
 local OPTION_FIELDS = {
@@ -60,7 +55,7 @@ local function image_data(url)
 end
 
 -- Content parts (OpenAI style) -> text and a list of base64 images.
-local function flatten(content, level)
+local function flatten(content)
   if type(content) ~= "table" then return content, nil end
   local text, images = {}, nil
   for i = 1, #content do
@@ -72,12 +67,8 @@ local function flatten(content, level)
         text[#text + 1] = part.text
       elseif part.type == "image_url" then
         local u = type(part.image_url) == "table" and part.image_url.url or part.image_url
-        local b64 = image_data(u)
-        if not b64 then
-          error("bad request: Ollama takes images as base64 data, not URLs", level + 1)
-        end
         images = images or json.array()
-        images[#images + 1] = b64
+        images[#images + 1] = image_data(u)     -- a URL: refused by unsupported()
       elseif part.type == "image" and type(part.source) == "table" then
         images = images or json.array()       -- an Anthropic-style image block
         images[#images + 1] = part.source.data
@@ -99,20 +90,17 @@ local function args_object(a)
   return json.object()
 end
 
-local function convert_messages(req, level)
+local function convert_messages(req)
   local out = json.array()
   if req.system then out[1] = { role = "system", content = req.system } end
   local names = {}              -- tool_call_id -> function name
   local msgs = req.messages or {}
   for i = 1, #msgs do
-    local m = msgs[i]
-    if type(m) ~= "table" then
-      error("bad request: messages[" .. i .. "] must be a table", level)
-    end
+    local m = msgs[i]                 -- a table: base.check_request
     local o = {}
     for k, v in pairs(m) do o[k] = v end
     if type(m.content) == "table" then
-      local text, images = flatten(m.content, level)
+      local text, images = flatten(m.content)
       o.content = text
       if images then
         local all = json.array()
@@ -147,12 +135,27 @@ local function convert_messages(req, level)
 end
 
 --- The JSON body (a table) of a chat request.
-function M.chat_body(req, stream, model)
-  openai.check_request(req)
-  local body = {}
-  for k, v in pairs(req) do
-    if not HANDLED[k] and not OPTION_FIELDS[k] then body[k] = v end
+-- What of req this wire cannot carry, in words; nil when it carries it
+-- all. The router skips a deployment for it; a client raises it.
+function M.unsupported(req)
+  local msgs = req.messages or {}
+  for i = 1, #msgs do
+    local content = type(msgs[i]) == "table" and msgs[i].content
+    for j = 1, type(content) == "table" and #content or 0 do
+      local part = content[j]
+      if type(part) == "table" and part.type == "image_url" then
+        local u = type(part.image_url) == "table" and part.image_url.url or part.image_url
+        if image_data(u) == nil then return "Ollama takes images as base64 data, not URLs" end
+      end
+    end
   end
+end
+
+function M.chat_body(req, stream, model)
+  base.check_request(req)
+  local why = M.unsupported(req)
+  if why then args.raise("bad request: " .. why) end
+  local body = base.passed(req, HANDLED, OPTION_FIELDS)
   local options = {}
   for k in pairs(OPTION_FIELDS) do
     if req[k] ~= nil then options[k] = req[k] end
@@ -174,7 +177,7 @@ function M.chat_body(req, stream, model)
       body.format = type(js) == "table" and (js.schema or js) or nil
     end
   end
-  body.messages = convert_messages(req, 4)
+  body.messages = convert_messages(req)
   if body.model == nil then body.model = model end
   body.stream = stream and true or false
   return body
@@ -233,8 +236,7 @@ function M.parse_chat(obj)
     if obj.error ~= nil then
       return nil, errors.http(500, json.encode(obj), nil, M.label)
     end
-    return nil, errors.new("protocol", "ollama answer has no message",
-                           { body = json.encode(obj):sub(1, 4096) })
+    return base.bad_answer("ollama answer has no message", obj)
   end
   local calls
   if type(msg.tool_calls) == "table" then
@@ -261,48 +263,29 @@ function M.parse_chat(obj)
 end
 
 
---- Stream decoder: one line of NDJSON per feed(); `finished` on the line
+-- Stream decoder: one line of NDJSON per feed(); `finished` on the line
 -- with `"done": true`.
-local Decoder = {}
-Decoder.__index = Decoder
-
--- opts.assemble = false: keep no text for done.content and err.partial
-function M.decoder(opts)
-  local keep = Text.keep(opts)
-  return setmetatable({ content = Text.new(keep), reasoning = Text.new(keep), tools = {},
-                        finished = false }, Decoder)
-end
+local Decoder = base.decoder_class(M.label)
+M.decoder = Decoder.new
 
 function Decoder:feed(data, _, push)
-  local obj, err = errors.decode_event(data, "line")
+  -- a failure after the headers is {"error":"..."} on a line of its own
+  local obj, err = self:decode(data, "line")
   if not obj then return err end
-  if obj.error ~= nil then
-    -- a failure after the headers: {"error":"..."} on a line of its own
-    return errors.in_stream(data, nil, M.label)
-  end
-  if self.model == nil then self.model = str(obj.model) end
+  self:identify(obj.model)
   local m = obj.message
   if type(m) == "table" then
-    local r = str(m.thinking)
-    if r and r ~= "" then
-      self.reasoning:add(r)
-      push({ type = "reasoning", content = r })
-    end
-    local c = str(m.content)
-    if c and c ~= "" then
-      self.content:add(c)
-      push({ type = "content", content = c })
-    end
+    self:text(push, "reasoning", str(m.thinking))
+    self:text(push, "content", str(m.content))
     if type(m.tool_calls) == "table" then
       -- Ollama sends each call whole, in one line
       for i = 1, #m.tool_calls do
         local n = #self.tools
         local tc = tool_call_of(m.tool_calls[i], n)
         if tc then
-          tc.index = n
-          self.tools[n + 1] = tc
-          push({ type = "tool_call", index = n, id = tc.id, name = tc.name,
-                 arguments = tc.arguments })
+          local slot = self:tool(n)
+          slot.id, slot.name = tc.id, tc.name
+          base.tool_args(push, slot, tc.arguments)
         end
       end
     end
@@ -314,29 +297,6 @@ function Decoder:feed(data, _, push)
     self.timings = timings_of(obj)
   end
   return nil
-end
-
-function Decoder:partial()
-  return self.content:get()
-end
-
-function Decoder:done()
-  local calls
-  for i = 1, #self.tools do
-    local t = self.tools[i]
-    calls = calls or {}
-    calls[i] = { id = t.id, type = "function", name = t.name, arguments = t.arguments }
-  end
-  return {
-    type = "done",
-    content = self.content:get(),
-    reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
-    tool_calls = calls,
-    stop_reason = self.stop_reason,
-    usage = self.usage,
-    timings = self.timings,
-    model = self.model,
-  }
 end
 
 return M

@@ -5,52 +5,12 @@
 -- interface is described in providers/llamacpp.lua, which is this same
 -- translation with llama-server's defaults (see M.variant).
 local json = require "llamacpp.json"
-local errors = require "llamacpp.errors"
-local text = require "llamacpp.text"
+local base = require "llamacpp.providers.base"
 
 local M = {}
 
-local type, pairs, concat = type, pairs, table.concat
-
--- llama-server's plain token chunk:
---   {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"<text>"}}],
---    "created":<n>,"id":"...","model":"...","system_fingerprint":"...",
---    "object":"chat.completion.chunk"}
--- given to the C core as a template: such an event (nothing after the
--- delta, no object or array after "created") reaches feed() as its text
--- alone, JSON escapes undone, with name == true: no JSON decode in Lua.
-M.LLAMA_TEMPLATE = {
-  '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"',
-  '"}}],"created":',
-  '"object":"chat.completion.chunk"}',
-}
-
-local function str(v) if type(v) == "string" then return v end end
-
-local int, ints = json.int, json.ints
-
-M.str, M.int, M.ints = str, int, ints
-
--- Request fields that are ours, not the server's.
-local LOCAL_FIELDS = { system = true, messages = true, tier = true }
-M.LOCAL_FIELDS = LOCAL_FIELDS
-
---- Checks the fields every provider reads; raises a positioned error
--- `level` frames up (default 4: the caller of client:chat, which calls
--- chat_body, which calls this).
-function M.check_request(req, level)
-  level = level or 4
-  local msgs = req.messages
-  if msgs == nil and req.system == nil then
-    error("bad request: 'messages' is required", level)
-  end
-  if msgs ~= nil and type(msgs) ~= "table" then
-    error("bad request: 'messages' must be a table (got " .. type(msgs) .. ")", level)
-  end
-  if req.system ~= nil and type(req.system) ~= "string" then
-    error("bad request: 'system' must be a string (got " .. type(req.system) .. ")", level)
-  end
-end
+local type, pairs = type, pairs
+local str, int, ints = base.str, base.int, base.ints
 
 local function usage_of(u)
   if type(u) ~= "table" then return nil end
@@ -108,34 +68,89 @@ function M.wire_message(m)
 end
 
 
+-- {====== stream decoder ======
+-- One per stream (the class is made per variant, for its label). feed()
+-- turns one SSE event into normalised events via push(ev); it returns an
+-- Error to end the stream with, or nil. `finished` is set by the `[DONE]`
+-- terminator.
+
+local tool_args = base.tool_args
+
+local function feed(self, data, name, push)
+  if name == true then                 -- the template's plain token
+    if data == "" then return nil end
+    self.content:add(data)
+    return nil, { type = "content", content = data }
+  end
+  if data == "[DONE]" then
+    self.finished = true
+    return nil
+  end
+  local obj, err = self:decode(data)
+  if not obj then return err end
+  self:identify(obj.model, obj.id)
+  local choice = type(obj.choices) == "table" and obj.choices[1]
+  if type(choice) == "table" then
+    local d = choice.delta
+    if type(d) == "table" then
+      self:text(push, "reasoning", str(d.reasoning_content) or str(d.reasoning))
+      local lp = choice.logprobs
+      self:text(push, "content", d.content, "logprobs",
+                type(lp) == "table" and type(lp.content) == "table" and lp.content or nil)
+      local rf = str(d.refusal)
+      if rf and rf ~= "" then self.refusal = (self.refusal or "") .. rf end
+      local tcs = d.tool_calls
+      if type(tcs) == "table" then
+        for i = 1, #tcs do
+          local tc = tcs[i]
+          if type(tc) == "table" then
+            local slot = self:tool(int(tonumber(tc.index)) or (i - 1))
+            local fn = type(tc["function"]) == "table" and tc["function"] or {}
+            slot.id = str(tc.id) or slot.id
+            slot.name = str(fn.name) or slot.name
+            tool_args(push, slot, str(fn.arguments) or "")
+          end
+        end
+      end
+    end
+    local fr = str(choice.finish_reason)
+    if fr then self.stop_reason = fr end
+  end
+  if obj.usage ~= nil then self.usage = usage_of(obj.usage) end
+  if type(obj.timings) == "table" then self.timings = obj.timings end  -- ints() at done
+  return nil
+end
+
+-- The done event has the refusal text, if any, and integer timings.
+local function done(self)
+  local ev = base.Decoder.done(self)
+  ev.refusal = self.refusal
+  ev.timings = ints(self.timings)
+  return ev
+end
+
+-- }======
+
+
 --- A provider for one flavour of Chat Completions server. `spec` has
 -- name, label, default_endpoint, chat_path and default_max_tokens (nil:
 -- send max_tokens only when the caller sets it).
 function M.variant(spec)
-  local P = {
+  local P = base.provider{
     name = spec.name,
     label = spec.label,
     chat_path = spec.chat_path,
-    framing = "sse",
     default_endpoint = spec.default_endpoint,
     template = spec.template,
   }
   local label = spec.label
 
-  function P.headers(key)
-    if key then return { "Authorization: Bearer " .. key } end
-    return {}
-  end
-
   --- The JSON body (a table) of a chat request. Every field the caller set
   -- passes through, except `system` (the first message) and `tier`.
   function P.chat_body(req, stream, model)
-    M.check_request(req)
+    base.check_request(req)
     local msgs = req.messages
-    local body = {}
-    for k, v in pairs(req) do
-      if not LOCAL_FIELDS[k] then body[k] = v end
-    end
+    local body = base.passed(req, base.LOCAL_FIELDS)
     local out = json.array()
     if req.system then out[1] = { role = "system", content = req.system } end
     if msgs then
@@ -164,10 +179,7 @@ function M.variant(spec)
   function P.parse_chat(obj)
     local choice = type(obj.choices) == "table" and obj.choices[1]
     local msg = type(choice) == "table" and choice.message
-    if type(msg) ~= "table" then
-      return nil, errors.new("protocol", label .. " answer has no choices[1].message",
-                             { body = json.encode(obj):sub(1, 4096) })
-    end
+    if type(msg) ~= "table" then return base.bad_answer(label .. " answer has no choices[1].message", obj) end
     local lp = type(choice.logprobs) == "table" and choice.logprobs.content
     return {
       content = str(msg.content) or "",
@@ -184,112 +196,10 @@ function M.variant(spec)
     }
   end
 
-
-  --- Stream decoder: one per stream. feed() turns one SSE event into
-  -- normalised events via push(ev); it returns an Error to end the stream
-  -- with, or nil. `finished` is set by the `[DONE]` terminator.
-  local Decoder = {}
-  Decoder.__index = Decoder
-
-  -- opts.assemble = false: keep no text for done.content and err.partial
-  function P.decoder(opts)
-    local keep = text.keep(opts)
-    return setmetatable({ content = text.new(keep), reasoning = text.new(keep), tools = {},
-                          finished = false }, Decoder)
-  end
-
-  function Decoder:feed(data, name, push)
-    if name == true then                 -- the template's plain token
-      if data == "" then return nil end
-      self.content:add(data)
-      return nil, { type = "content", content = data }
-    end
-    if data == "[DONE]" then
-      self.finished = true
-      return nil
-    end
-    local obj, err = errors.decode_event(data)
-    if not obj then return err end
-    if obj.error ~= nil then return errors.in_stream(data, obj.error, label) end
-    if self.model == nil then self.model, self.id = str(obj.model), str(obj.id) end
-    local choice = type(obj.choices) == "table" and obj.choices[1]
-    if type(choice) == "table" then
-      local d = choice.delta
-      if type(d) == "table" then
-        local r = str(d.reasoning_content) or str(d.reasoning)
-        if r and r ~= "" then
-          self.reasoning:add(r)
-          push({ type = "reasoning", content = r })
-        end
-        local c = d.content
-        if type(c) == "string" and c ~= "" then
-          self.content:add(c)
-          local ev = { type = "content", content = c }
-          local lp = choice.logprobs
-          if type(lp) == "table" and type(lp.content) == "table" then ev.logprobs = lp.content end
-          push(ev)
-        end
-        local rf = str(d.refusal)
-        if rf and rf ~= "" then self.refusal = (self.refusal or "") .. rf end
-        local tcs = d.tool_calls
-        if type(tcs) == "table" then
-          for i = 1, #tcs do
-            local tc = tcs[i]
-            if type(tc) == "table" then
-              local index = int(tonumber(tc.index)) or (i - 1)
-              local slot = self.tools[index + 1]
-              if not slot then
-                slot = { args = {} }
-                self.tools[index + 1] = slot
-              end
-              local fn = type(tc["function"]) == "table" and tc["function"] or {}
-              slot.id = str(tc.id) or slot.id
-              slot.name = str(fn.name) or slot.name
-              local frag = str(fn.arguments) or ""
-              slot.args[#slot.args + 1] = frag
-              push({ type = "tool_call", index = index, id = slot.id,
-                     name = slot.name, arguments = frag })
-            end
-          end
-        end
-      end
-      local fr = str(choice.finish_reason)
-      if fr then self.stop_reason = fr end
-    end
-    if obj.usage ~= nil then self.usage = usage_of(obj.usage) end
-    if type(obj.timings) == "table" then self.timings = obj.timings end  -- ints() at done
-    return nil
-  end
-
-  --- The text received so far (for `partial` on errors).
-  function Decoder:partial()
-    return self.content:get()
-  end
-
-  --- The `done` event.
-  function Decoder:done()
-    local calls
-    for i = 1, #self.tools do
-      local s = self.tools[i]
-      if s then
-        calls = calls or {}
-        calls[#calls + 1] = { id = s.id, type = "function", name = s.name,
-                              arguments = concat(s.args) }
-      end
-    end
-    return {
-      type = "done",
-      content = self.content:get(),
-      reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
-      tool_calls = calls,
-      refusal = self.refusal,
-      stop_reason = self.stop_reason,
-      usage = self.usage,
-      timings = ints(self.timings),
-      model = self.model,
-      id = self.id,
-    }
-  end
+  -- the stream decoder: feed and done above, with this variant's label
+  local Decoder = base.decoder_class(label)
+  Decoder.feed, Decoder.done = feed, done
+  P.decoder = Decoder.new
 
   return P
 end

@@ -6,7 +6,6 @@
 local core = require "llamacpp.core"
 local client_mod = require "llamacpp.client"
 local args = require "llamacpp.args"
-args.own()
 
 local M = {}
 

@@ -19,8 +19,7 @@
 -- "done": the answer (labelled, with the attempts) goes to the caller.
 local errors = require "llamacpp.errors"
 local args = require "llamacpp.args"
-local common = require "llamacpp.providers.openai"
-args.own()
+local base = require "llamacpp.providers.base"
 
 local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
 local min, max = math.min, math.max
@@ -204,8 +203,7 @@ end
 -- default). Errors in the request itself raise here, before any attempt.
 function M.new(router, req, fname, check)
   args.check(type(req) == "table", 1, fname, args.expected("table", req))
-  local ok, msg = pcall(common.check_request, req, 1)
-  if not ok then args.raise(args.unplace(msg)) end
+  base.check_request(req)
   return setmetatable({ router = router, tier = tier_of(router, req), req = req,
                         check = check or M.check_health,
                         pass = 0, queue = {}, qi = 1, attempts = {}, waited = false,

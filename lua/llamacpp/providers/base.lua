@@ -1,0 +1,213 @@
+--- What every provider shares, so that a provider file holds only its
+-- wire's differences: the request check, the fields passed through, the
+-- small readers of decoded JSON and the answer's protocol error; and the
+-- stream decoder's scaffolding (the text kept for done.content and
+-- err.partial, tool calls assembled from fragments, the first non-empty
+-- model and id, the done event).
+--
+-- A wire's decoder class comes from decoder_class(label) and adds
+-- feed(data, name, push), which sets self.finished, self.stop_reason,
+-- self.usage and self.timings as the wire tells them; it overrides
+-- done() (calling base.Decoder.done) only to add what its wire has and
+-- others do not. The provider interface itself is described in
+-- providers/llamacpp.lua.
+local json = require "llamacpp.json"
+local errors = require "llamacpp.errors"
+local text = require "llamacpp.text"
+local args = require "llamacpp.args"
+
+local M = {}
+
+local type, pairs, setmetatable, concat = type, pairs, setmetatable, table.concat
+
+--- v when it is a string, else nil (JSON null, numbers, tables).
+function M.str(v) if type(v) == "string" then return v end end
+
+M.int, M.ints = json.int, json.ints
+
+-- Request fields that are ours, not the server's.
+M.LOCAL_FIELDS = { system = true, messages = true, tier = true }
+
+--- Checks the fields every provider reads; raises at the caller's line
+-- (of client:chat, router:chat, ...). The router checks a request with
+-- this before any attempt, so no provider meets a request that fails it.
+function M.check_request(req)
+  local msgs = req.messages
+  if msgs == nil and req.system == nil then
+    args.raise("bad request: 'messages' is required")
+  end
+  if msgs ~= nil then
+    if type(msgs) ~= "table" then
+      args.raise("bad request: 'messages' must be a table (got " .. type(msgs) .. ")")
+    end
+    for i = 1, #msgs do
+      if type(msgs[i]) ~= "table" then
+        args.raise("bad request: messages[" .. i .. "] must be a table")
+      end
+    end
+  end
+  if req.system ~= nil and type(req.system) ~= "string" then
+    args.raise("bad request: 'system' must be a string (got " .. type(req.system) .. ")")
+  end
+end
+
+--- The fields of req that pass through to the server as they are: all
+-- but those in `skip` (and in `also`, when given). A new table.
+function M.passed(req, skip, also)
+  local body = {}
+  for k, v in pairs(req) do
+    if not skip[k] and not (also and also[k]) then body[k] = v end
+  end
+  return body
+end
+
+--- Header lines for an API key sent as `Authorization: Bearer <key>`.
+function M.bearer(key)
+  if key then return { "Authorization: Bearer " .. key } end
+  return {}
+end
+
+--- A provider table from its wire's description (fields as in
+-- providers/llamacpp.lua), with the defaults: `label` the name, `framing`
+-- "sse", `headers` a bearer key. A new table.
+function M.provider(spec)
+  local P = {}
+  for k, v in pairs(spec) do P[k] = v end
+  P.label = P.label or P.name
+  P.framing = P.framing or "sse"
+  P.headers = P.headers or M.bearer
+  return P
+end
+
+--- The protocol Error of an answer without what the wire promises
+-- (`message` says what is missing); nil, Error.
+function M.bad_answer(message, obj)
+  return nil, errors.new("protocol", message, { body = json.encode(obj):sub(1, 4096) })
+end
+
+--- A function mapping a wire's stop reason to the common one: map[r]
+-- where the map has r (false: no stop reason), else r as it is; nil for
+-- anything but a string.
+function M.stop_reasons(map)
+  return function(r)
+    if type(r) ~= "string" then return nil end
+    local m = map[r]
+    if m == nil then return r end
+    return m or nil
+  end
+end
+
+
+-- {====== decoder ======
+
+--- The methods every decoder has; a provider's class (decoder_class)
+-- starts as a copy of them.
+local Decoder = {}
+M.Decoder = Decoder
+
+--- A new decoder class for a wire whose messages name it `label`:
+-- Decoder's methods copied (no __index chain on the hot path) and
+-- `new(opts)`, which makes one decoder for one stream. opts.assemble =
+-- false: keep no text for done.content and err.partial.
+function M.decoder_class(label)
+  local D = { label = label }
+  for k, v in pairs(Decoder) do D[k] = v end
+  D.__index = D
+  function D.new(opts)
+    local keep = text.keep(opts)
+    return setmetatable({ content = text.new(keep), reasoning = text.new(keep), tools = {},
+                          finished = false }, D)
+  end
+  return D
+end
+
+--- An event's JSON object, or nil and the Error that ends the stream:
+-- malformed JSON, or an error object the server sent inside the 200
+-- stream ({"error": ...}). `what` names the event in the message.
+function Decoder:decode(data, what)
+  local obj, err = errors.decode_event(data, what)
+  if not obj then return nil, err end
+  if obj.error ~= nil then return nil, errors.in_stream(data, obj.error, self.label) end
+  return obj
+end
+
+--- Keeps the stream's model and id: the first non-empty ones, as some
+-- servers open with a chunk that has none (Azure's content-filter notice,
+-- "model": "" and "id": ""); "" when no chunk has better.
+function Decoder:identify(model, id)
+  local m = self.model
+  if (m == nil or m == "") and type(model) == "string" then self.model = model end
+  local i = self.id
+  if (i == nil or i == "") and type(id) == "string" then self.id = id end
+end
+
+--- Text s of `kind` ("content" or "reasoning"), when it is a non-empty
+-- string: kept for done, and pushed as an event (with ev[key] = value
+-- when key is given).
+function Decoder:text(push, kind, s, key, value)
+  if type(s) ~= "string" or s == "" then return end
+  self[kind]:add(s)
+  local ev = { type = kind, content = s }
+  if key then ev[key] = value end
+  push(ev)
+end
+
+--- The tool call at 0-based `index`, made on first sight: {index, id,
+-- name, args (the argument fragments)}.
+function Decoder:tool(index)
+  local slot = self.tools[index + 1]
+  if not slot then
+    slot = { index = index, args = {} }
+    self.tools[index + 1] = slot
+  end
+  return slot
+end
+
+--- A fragment of a tool call's arguments (slot from Decoder:tool): kept
+-- for done, and pushed as a tool_call event.
+function M.tool_args(push, slot, frag)
+  slot.args[#slot.args + 1] = frag
+  push({ type = "tool_call", index = slot.index, id = slot.id, name = slot.name,
+         arguments = frag })
+end
+
+--- The tool calls assembled (nil when none); a call whose arguments are
+-- empty gets the class's `empty_arguments` when it has one.
+function Decoder:calls()
+  local calls, tools = nil, self.tools
+  for i = 1, #tools do
+    local s = tools[i]
+    if s then
+      local a = concat(s.args)
+      if a == "" and self.empty_arguments then a = self.empty_arguments end
+      calls = calls or {}
+      calls[#calls + 1] = { id = s.id, type = "function", name = s.name, arguments = a }
+    end
+  end
+  return calls
+end
+
+--- The text received so far (for `partial` on errors).
+function Decoder:partial()
+  return self.content:get()
+end
+
+--- The `done` event: the text and tool calls assembled, and what feed()
+-- kept of the stop reason, usage, timings, model and id.
+function Decoder:done()
+  return {
+    type = "done",
+    content = self.content:get(),
+    reasoning = not self.reasoning:empty() and self.reasoning:get() or nil,
+    tool_calls = self:calls(),
+    stop_reason = self.stop_reason,
+    usage = self.usage,
+    timings = self.timings,
+    model = self.model,
+    id = self.id,
+  }
+end
+
+-- }======
+
+return M
