@@ -329,7 +329,6 @@ local function check_stream_opts(opts, fname)
   end
   return opts
 end
-M.check_stream_opts = check_stream_opts
 
 --- A stream of normalised events over one transfer, from
 -- @{Client:open_stream}, @{Client:chat_stream} and the other streaming methods.
