@@ -27,20 +27,6 @@ void lcpp_newclass (lua_State *L, const char *tname,
 }
 
 
-static int core_now (lua_State *L) {
-  lua_pushnumber(L, (lua_Number)lcpp_now());
-  return 1;
-}
-
-
-/* sleep(ms): without a busy loop, for retries and polling in Lua. */
-static int core_sleep (lua_State *L) {
-  lua_Number ms = luaL_checknumber(L, 1);
-  lcpp_sleep(ms > 0 ? (double)ms : 0);
-  return 0;
-}
-
-
 /* libcurl's version string with its libraries' versions; made on demand:
    making it calls into each of them and initialises libldap, about 90 page
    faults and 15% of what loading this module costs */
@@ -52,9 +38,9 @@ static int core_curl_version (lua_State *L) {
 
 static const luaL_Reg core_funcs[] = {
   {"curl_version", core_curl_version},
-  {"sleep", core_sleep},
+  {"sleep", lcpp_core_sleep},
   {"session", lcpp_session_new},
-  {"now", core_now},
+  {"now", lcpp_core_now},
   {NULL, NULL}
 };
 

@@ -29,10 +29,13 @@ LCPP_HIDDEN void lcpp_setinteger (lua_State *L, const char *k, lua_Integer v);
 LCPP_HIDDEN const char *lcpp_curlname (CURLcode code);
 LCPP_HIDDEN const char *lcpp_curlkind (CURLcode code, int *retryable);
 
+/* clock.c */
+LCPP_HIDDEN double lcpp_now (void);
+LCPP_HIDDEN int lcpp_core_now (lua_State *L);
+LCPP_HIDDEN int lcpp_core_sleep (lua_State *L);
+
 /* transfer.c */
 LCPP_HIDDEN void lcpp_transfer_open (lua_State *L);
-LCPP_HIDDEN double lcpp_now (void);
-LCPP_HIDDEN void lcpp_sleep (double ms);
 LCPP_HIDDEN int lcpp_session_new (lua_State *L);
 
 /* core.c: shared by the two files above */

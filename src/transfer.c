@@ -111,23 +111,6 @@ struct Transfer {
 };
 
 
-double lcpp_now (void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-
-void lcpp_sleep (double ms) {
-  struct timespec ts;
-  if (!(ms > 0)) return;                 /* NaN too */
-  if (ms > 1e12) ms = 1e12;              /* ~31 years: time_t holds it */
-  ts.tv_sec = (time_t)(ms / 1e3);
-  ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) ;
-}
-
-
 /* {====== Buffers ====== */
 
 static int lcpp_reserve (lcpp_buf *b, size_t extra) {
