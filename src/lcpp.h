@@ -5,6 +5,8 @@
 #ifndef LCPP_H
 #define LCPP_H
 
+#include <stddef.h>
+
 #include <curl/curl.h>
 #include "lua.h"
 
@@ -19,6 +21,10 @@
 #define LCPP_ERROR_MT     "llamacpp.Error"
 #define LCPP_SESSION_MT   "llamacpp.Session"
 #define LCPP_TRANSFER_MT  "llamacpp.Transfer"
+
+/* the template of a plain event: head, mid, tail; part[0] == NULL: none */
+typedef struct { char *part[3]; size_t len[3]; } lcpp_template;
+
 
 /* error.c */
 LCPP_HIDDEN void lcpp_error_open (lua_State *L);
@@ -37,6 +43,10 @@ LCPP_HIDDEN int lcpp_core_sleep (lua_State *L);
 /* transfer.c */
 LCPP_HIDDEN void lcpp_transfer_open (lua_State *L);
 LCPP_HIDDEN int lcpp_session_new (lua_State *L);
+
+/* fastpath.c */
+LCPP_HIDDEN int lcpp_plain (lua_State *L, const lcpp_template *tpl,
+                            const char *d, size_t n);
 
 /* core.c: shared by the two files above */
 LCPP_HIDDEN void lcpp_newclass (lua_State *L, const char *tname,

@@ -103,8 +103,7 @@ struct Transfer {
   lcpp_buf raw;            /* body, when not framed */
   lcpp_buf hdr;            /* header lines of the last response */
   size_t maxbody;
-  char *tpl[3];            /* template of a plain event: head, mid, tail */
-  size_t tpllen[3];
+  lcpp_template tpl;       /* of a plain event (fastpath.c) */
   double t0, tlast;        /* start, last byte (monotonic ms) */
   double first_byte_ms, idle_ms, total_ms;
   char errbuf[CURL_ERROR_SIZE];
@@ -516,8 +515,8 @@ static void lcpp_release (Transfer *t) {
   lcpp_buffree(&t->q);
   t->qhead = 0;
   for (i = 0; i < 3; i++) {
-    free(t->tpl[i]);
-    t->tpl[i] = NULL;
+    free(t->tpl.part[i]);
+    t->tpl.part[i] = NULL;
   }
 }
 
@@ -541,127 +540,14 @@ static int transfer_close (lua_State *L) {
 }
 
 
-static int lcpp_hex4 (const char *p, const char *end, unsigned *v) {
-  int i;
-  *v = 0;
-  if (end - p < 4) return 0;
-  for (i = 0; i < 4; i++) {
-    char c = p[i];
-    *v <<= 4;
-    if (c >= '0' && c <= '9') *v |= (unsigned)(c - '0');
-    else if (c >= 'a' && c <= 'f') *v |= (unsigned)(c - 'a' + 10);
-    else if (c >= 'A' && c <= 'F') *v |= (unsigned)(c - 'A' + 10);
-    else return 0;
-  }
-  return 1;
-}
-
-
-/* Decodes the JSON string body at p (up to its closing quote, before end)
-   into b, and returns the position of that quote; NULL if malformed. */
-static const char *lcpp_jstring (luaL_Buffer *b, const char *p,
-                                 const char *end) {
-  while (p < end) {
-    const char *q = p;
-    while (q < end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
-    luaL_addlstring(b, p, (size_t)(q - p));
-    if (q == end || (unsigned char)*q < 0x20) return NULL;
-    if (*q == '"') return q;
-    if (q + 1 >= end) return NULL;
-    switch (q[1]) {                                  /* an escape */
-      case '"': luaL_addchar(b, '"'); break;
-      case '\\': luaL_addchar(b, '\\'); break;
-      case '/': luaL_addchar(b, '/'); break;
-      case 'b': luaL_addchar(b, '\b'); break;
-      case 'f': luaL_addchar(b, '\f'); break;
-      case 'n': luaL_addchar(b, '\n'); break;
-      case 'r': luaL_addchar(b, '\r'); break;
-      case 't': luaL_addchar(b, '\t'); break;
-      case 'u': {
-        unsigned u, lo;
-        char utf[4];
-        int n;
-        if (!lcpp_hex4(q + 2, end, &u)) return NULL;
-        q += 4;
-        if (u >= 0xD800 && u <= 0xDBFF) {            /* a surrogate pair */
-          if (end - q < 8 || q[2] != '\\' || q[3] != 'u' ||
-              !lcpp_hex4(q + 4, end, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-            return NULL;
-          u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-          q += 6;
-        } else if (u >= 0xDC00 && u <= 0xDFFF)
-          return NULL;
-        if (u < 0x80) { utf[0] = (char)u; n = 1; }
-        else if (u < 0x800) {
-          utf[0] = (char)(0xC0 | (u >> 6)); utf[1] = (char)(0x80 | (u & 0x3F)); n = 2;
-        } else if (u < 0x10000) {
-          utf[0] = (char)(0xE0 | (u >> 12)); utf[1] = (char)(0x80 | ((u >> 6) & 0x3F));
-          utf[2] = (char)(0x80 | (u & 0x3F)); n = 3;
-        } else {
-          utf[0] = (char)(0xF0 | (u >> 18)); utf[1] = (char)(0x80 | ((u >> 12) & 0x3F));
-          utf[2] = (char)(0x80 | ((u >> 6) & 0x3F)); utf[3] = (char)(0x80 | (u & 0x3F)); n = 4;
-        }
-        luaL_addlstring(b, utf, (size_t)n);
-        break;
-      }
-      default: return NULL;
-    }
-    p = q + 2;
-  }
-  return NULL;
-}
-
-
-/*
-** The template (Lua's policy, given at open): an event of the exact shape
-** head <json string body> mid ... tail, where mid starts with the string's
-** closing quote and the part after mid holds no '{' or '[', is pushed as
-** the string's value alone: the hot path of a token stream is then one
-** short string and no JSON decode in Lua. Returns 1 with the value pushed,
-** 0 with the stack as it was when the event has another shape.
-*/
-static int lcpp_plain (lua_State *L, Transfer *t, const char *d, size_t n) {
-  const char *body, *end, *q, *rest;
-  size_t hl = t->tpllen[0], ml = t->tpllen[1], tl = t->tpllen[2];
-  luaL_Buffer b;
-  if (n < hl + ml + tl || memcmp(d, t->tpl[0], hl) != 0 ||
-      memcmp(d + n - tl, t->tpl[2], tl) != 0)
-    return 0;
-  body = d + hl;
-  end = d + n - tl;
-  q = (const char *)memchr(body, '"', (size_t)(end - body));
-  if (q == NULL || (size_t)(end - q) < ml || memcmp(q, t->tpl[1], ml) != 0 ||
-      memchr(body, '\\', (size_t)(q - body)) != NULL) {
-    /* not the plain case: the text may hold escapes */
-    luaL_buffinit(L, &b);
-    q = lcpp_jstring(&b, body, end);
-    if (q == NULL || (size_t)(end - q) < ml || memcmp(q, t->tpl[1], ml) != 0) {
-      luaL_pushresult(&b);
-      lua_pop(L, 1);
-      return 0;
-    }
-  } else {
-    luaL_buffinit(L, &b);
-    luaL_addlstring(&b, body, (size_t)(q - body));
-  }
-  rest = q + ml;
-  if (memchr(rest, '{', (size_t)(end - rest)) || memchr(rest, '[', (size_t)(end - rest))) {
-    luaL_pushresult(&b);
-    lua_pop(L, 1);
-    return 0;
-  }
-  luaL_pushresult(&b);
-  return 1;
-}
-
-
 /* Pushes the next queued event: data, name (nil for the default), or for
    an event matching the template: its text, true. */
 static int lcpp_pop (lua_State *L, Transfer *t) {
   size_t h[2];
   const char *p = t->q.p + t->qhead;
   memcpy(h, p, sizeof h);
-  if (h[0] == 0 && t->tpl[0] != NULL && lcpp_plain(L, t, p + sizeof h, h[1]))
+  if (h[0] == 0 && t->tpl.part[0] != NULL &&
+      lcpp_plain(L, &t->tpl, p + sizeof h, h[1]))
     lua_pushboolean(L, 1);
   else {
     lua_pushlstring(L, p + sizeof h + h[0], h[1]);           /* data */
@@ -1031,7 +917,7 @@ static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
 ** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
 ** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
 ** ca_file=, ca_path=, insecure=, follow=, template={head, mid, tail}}
-** -> Transfer (already started). See lcpp_plain for the template.
+** -> Transfer (already started). See lcpp_plain (fastpath.c) for the template.
 */
 static int session_open (lua_State *L) {
   Session *s = checksession(L, 1);
@@ -1081,10 +967,10 @@ static int session_open (lua_State *L) {
       part = lua_tolstring(L, -1, &len);
       if (part == NULL || len == 0)
         luaL_argerror(L, 2, "option 'template' must hold 3 non-empty strings");
-      t->tpl[i] = (char *)malloc(len);
-      if (t->tpl[i] == NULL) return luaL_error(L, "out of memory");
-      memcpy(t->tpl[i], part, len);
-      t->tpllen[i] = len;
+      t->tpl.part[i] = (char *)malloc(len);
+      if (t->tpl.part[i] == NULL) return luaL_error(L, "out of memory");
+      memcpy(t->tpl.part[i], part, len);
+      t->tpl.len[i] = len;
       lua_pop(L, 1);
     }
   }
