@@ -42,72 +42,11 @@
 
 #define FRAMING_NONE    (-1)
 
-/* failures found by us rather than by libcurl */
-#define FAIL_NONE       0
-#define FAIL_CANCEL     1    /* session closed under the transfer */
-#define FAIL_FRAME      2    /* parser error (oversized event, no memory) */
-#define FAIL_BODY       3    /* body over max_body */
-#define FAIL_HEADERS    4    /* header block over MAX_HEADERS */
-#define FAIL_FIRSTBYTE  5    /* first_byte_timeout */
-#define FAIL_IDLE       6    /* idle_timeout */
-#define FAIL_NOMEM      7
-#define FAIL_POLL       8
-#define FAIL_HEADCUT    9    /* closed before the header block ended */
-
 #define MAX_HEADERS     (256 * 1024)
 #define DEFAULT_MAXBODY (64u * 1024u * 1024u)
 /* a consumer that stops reading pauses its transfer instead of queueing
    without bound; it resumes once the queue is half drained */
 #define QUEUE_HIGH      (64 * 1024)
-
-
-typedef struct { char *p; size_t len, cap; } lcpp_buf;
-
-typedef struct Session Session;
-typedef struct Transfer Transfer;
-
-struct Session {
-  CURLM *multi;            /* NULL: closed */
-  Transfer *head;          /* transfers attached to multi */
-  struct pollfd *fds;      /* sockets libcurl asked us to watch */
-  unsigned *serials;       /* per fds[i]: changes when the socket is new */
-  Transfer **owners;       /* per fds[i]: the transfer using it, or NULL */
-  unsigned nextserial;
-  int nfds, capfds;
-  double timer_at;         /* libcurl's timer, monotonic ms; < 0: none */
-  int changed;             /* the socket set changed since sockets() */
-  CURL *pool[8];           /* easy handles of ended transfers, for reuse */
-  int npool;
-  int epfd;                /* epoll set mirroring fds, for event loops; -1 */
-};
-
-struct Transfer {
-  CURL *easy;              /* NULL: finished or closed */
-  Session *session;        /* non-NULL while attached to session->multi */
-  Session *home;           /* its session; alive while sref holds it */
-  Transfer *prev, *next;
-  int sref;                /* registry ref keeping the session alive */
-  int closed;              /* closed by the caller: next() raises */
-  int done;                /* libcurl (or we) ended the transfer */
-  int ended;               /* next() has returned the end or the error */
-  int paused;
-  int framing, mode, fail, gotbyte;
-  int headend;             /* the blank line closing the headers was seen */
-  CURLcode result;
-  long status;
-  struct curl_slist *headers;
-  char *body;              /* request body: CURLOPT_POSTFIELDS does not copy */
-  lcpp_frame frame;
-  lcpp_buf q;              /* queued events: [namelen][datalen][name][data] */
-  size_t qhead;
-  lcpp_buf raw;            /* body, when not framed */
-  lcpp_buf hdr;            /* header lines of the last response */
-  size_t maxbody;
-  lcpp_template tpl;       /* of a plain event (fastpath.c) */
-  double t0, tlast;        /* start, last byte (monotonic ms) */
-  double first_byte_ms, idle_ms, total_ms;
-  char errbuf[CURL_ERROR_SIZE];
-};
 
 
 /* {====== Buffers ====== */
@@ -571,84 +510,18 @@ static int lcpp_pop (lua_State *L, Transfer *t) {
 }
 
 
-static const char *lcpp_timeoutphase (Transfer *t) {
-  double elapsed = lcpp_now() - t->t0;
-  if (t->total_ms > 0 && elapsed + 5 >= t->total_ms) return "total";
-  return t->gotbyte ? "total" : "connect";
-}
-
-
-/* A whole number as text on every Lua (5.4's %f would add ".0"). */
-static const char *lcpp_num (char *buf, double v) {
-  snprintf(buf, 32, "%.0f", v);
-  return buf;
-}
-
-
 /* The transfer is done and its queue empty: push the end (nothing) or
    the error, and release what libcurl held. */
 static int lcpp_end (lua_State *L, Transfer *t) {
-  char num[32];
-  int retry = 0;
-  const char *kind;
   t->ended = 1;
-  switch (t->fail) {
-    case FAIL_NONE:
-      if (t->result == CURLE_OK) { lcpp_release(t); return 0; }
-      kind = lcpp_curlkind(t->result, &retry);
-      lcpp_newerror(L, kind, t->errbuf[0] ? t->errbuf
-                    : curl_easy_strerror(t->result), retry);
-      lcpp_setstring(L, "code", lcpp_curlname(t->result));
-      if (t->result == CURLE_OPERATION_TIMEDOUT)
-        lcpp_setstring(L, "phase", lcpp_timeoutphase(t));
-      break;
-    case FAIL_CANCEL:
-      lcpp_newerror(L, "cancelled", "the session was closed", 0);
-      break;
-    case FAIL_FRAME:
-      if (t->frame.error == LCPP_FRAME_EOVERSIZE) {
-        lua_pushfstring(L, "event larger than %s bytes", lcpp_num(num, (double)t->frame.max_event));
-        lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
-        lua_remove(L, -2);
-        lcpp_setstring(L, "code", "EVENT_TOO_LARGE");
-      } else
-        lcpp_newerror(L, "protocol", "out of memory while parsing events", 0);
-      break;
-    case FAIL_BODY:
-      lua_pushfstring(L, "response body larger than %s bytes", lcpp_num(num, (double)t->maxbody));
-      lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
-      lua_remove(L, -2);
-      lcpp_setstring(L, "code", "BODY_TOO_LARGE");
-      break;
-    case FAIL_HEADERS:
-      lcpp_newerror(L, "protocol", "response header block too large", 0);
-      lcpp_setstring(L, "code", "HEADERS_TOO_LARGE");
-      break;
-    case FAIL_FIRSTBYTE: case FAIL_IDLE: {
-      int first = t->fail == FAIL_FIRSTBYTE;
-      lua_pushfstring(L, first ? "no reply within %s ms" : "no data for %s ms",
-                      lcpp_num(num, first ? t->first_byte_ms : t->idle_ms));
-      lcpp_newerror(L, "timeout", lua_tostring(L, -1), 1);
-      lua_remove(L, -2);
-      lcpp_setstring(L, "code", "OPERATION_TIMEDOUT");
-      lcpp_setstring(L, "phase", first ? "first_byte" : "idle");
-      break;
-    }
-    case FAIL_POLL:
-      lcpp_newerror(L, "network", "poll() failed", 1);
-      break;
-    case FAIL_HEADCUT:
-      lcpp_newerror(L, "network", "connection closed inside the header block", 1);
-      lcpp_setstring(L, "code", "PARTIAL_HEADERS");
-      break;
-    default:
-      lcpp_newerror(L, "network", "out of memory", 0);
-      break;
+  if (t->fail == FAIL_NONE && t->result == CURLE_OK) {
+    lcpp_release(t);
+    return 0;
   }
-  if (t->status > 0) lcpp_setinteger(L, "status", (lua_Integer)t->status);
+  lcpp_pushfailure(L, t);                                 /* err */
   lcpp_release(t);
   lua_pushnil(L);
-  lua_insert(L, -2);
+  lua_insert(L, -2);                                      /* nil, err */
   return 2;
 }
 
