@@ -9,6 +9,7 @@
 
 #include <curl/curl.h>
 #include "lua.h"
+#include "lauxlib.h"
 
 #include "sse.h"
 
@@ -103,6 +104,18 @@ LCPP_HIDDEN void lcpp_setinteger (lua_State *L, const char *k, lua_Integer v);
 /* fastpath.c */
 LCPP_HIDDEN int lcpp_plain (lua_State *L, const lcpp_template *tpl,
                             const char *d, size_t n);
+
+/* multi.c */
+LCPP_HIDDEN int lcpp_multi_open (Session *s);
+LCPP_HIDDEN void lcpp_multi_close (Session *s);
+LCPP_HIDDEN int lcpp_attach (Session *s, Transfer *t);
+LCPP_HIDDEN void lcpp_detach (Transfer *t);
+LCPP_HIDDEN int lcpp_onclose (void *ud, curl_socket_t fd);
+LCPP_HIDDEN void lcpp_multi_act (Session *s, curl_socket_t fd, int flags);
+LCPP_HIDDEN void lcpp_multi_timer (Session *s);
+LCPP_HIDDEN int lcpp_multi_wait (Session *s, double wait_ms);
+LCPP_HIDDEN int lcpp_multi_fd (Session *s);
+LCPP_HIDDEN void lcpp_multi_ready (Session *s);
 
 /* transfer.c */
 LCPP_HIDDEN void lcpp_transfer_open (lua_State *L);

@@ -1,30 +1,20 @@
 /*
-** transfer.c: HTTP transfers on libcurl's multi-socket API.
-**
-** A Session owns one CURLM handle: its connection cache is shared by every
-** Transfer opened on it, so keep-alive connections are reused. libcurl's
-** socket and timer callbacks only record what to watch; a Transfer's
-** next() waits with poll() on those sockets and drives the whole session
-** (events of the other transfers are queued, not lost).
+** transfer.c: one transfer's life. session:open builds it (options, the
+** easy handle, attached to the session's multi), libcurl's write and header
+** callbacks fill its queue or its body, our first-byte and idle deadlines
+** and libcurl's result end it, and its Lua methods (next, take, ready,
+** result, response, close) hand out what it got. multi.c waits on the
+** sockets; this file decides what is due and what has ended.
 **
 ** Callbacks never touch Lua (a Lua error would longjmp through libcurl):
 ** the write callback feeds the SSE/NDJSON parser, which appends events to
 ** the transfer's C queue; Lua sees them in next(), after libcurl returned.
 */
-#define _POSIX_C_SOURCE 200809L
-
-#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
-#ifdef __linux__
-#include <sys/epoll.h>
-#define LCPP_EPOLL 1
-#endif
 
 #include <curl/curl.h>
 
@@ -165,122 +155,10 @@ static size_t lcpp_onheader (char *p, size_t size, size_t n, void *ud) {
 }
 
 
-/* Mirrors one socket's watch into the session's epoll set, if it has
-   one: an event loop then watches a single fd (session:fd()). */
-static void lcpp_epoll (Session *s, curl_socket_t fd, short events, int op) {
-#ifdef LCPP_EPOLL
-  struct epoll_event ev;
-  if (s->epfd < 0) return;
-  memset(&ev, 0, sizeof ev);
-  ev.events = ((events & POLLIN) ? EPOLLIN : 0) | ((events & POLLOUT) ? EPOLLOUT : 0);
-  ev.data.fd = fd;
-  if (epoll_ctl(s->epfd, op, fd, &ev) != 0 && op == EPOLL_CTL_MOD)
-    epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
-#else
-  (void)s; (void)fd; (void)events; (void)op;
-#endif
-}
-
-#ifndef LCPP_EPOLL
-#define EPOLL_CTL_ADD 1
-#define EPOLL_CTL_DEL 2
-#define EPOLL_CTL_MOD 3
-#endif
-
-
-static void lcpp_unwatch (Session *s, curl_socket_t fd) {
-  int i;
-  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
-  if (i < s->nfds) {
-    lcpp_epoll(s, fd, 0, EPOLL_CTL_DEL);
-    s->nfds--;
-    s->fds[i] = s->fds[s->nfds];
-    s->serials[i] = s->serials[s->nfds];
-    s->owners[i] = s->owners[s->nfds];
-    s->changed = 1;
-  }
-}
-
-
-static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
-                          void *sp) {
-  Session *s = (Session *)ud;
-  int i;
-  (void)sp;
-  if (what == CURL_POLL_REMOVE) {
-    lcpp_unwatch(s, fd);
-    return 0;
-  }
-  s->changed = 1;
-  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
-  if (i == s->nfds) {
-    if (s->nfds == s->capfds) {
-      int cap = s->capfds ? 2 * s->capfds : 8;
-      struct pollfd *p = (struct pollfd *)realloc(s->fds, cap * sizeof *p);
-      unsigned *u;
-      Transfer **o;
-      if (p == NULL) return -1;
-      s->fds = p;
-      u = (unsigned *)realloc(s->serials, cap * sizeof *u);
-      if (u == NULL) return -1;
-      s->serials = u;
-      o = (Transfer **)realloc(s->owners, cap * sizeof *o);
-      if (o == NULL) return -1;
-      s->owners = o;
-      s->capfds = cap;
-    }
-    s->fds[s->nfds].fd = fd;
-    /* a closed socket's number is soon reused: an event loop must know
-       the socket is a new one to watch it anew */
-    s->serials[s->nfds++] = ++s->nextserial;
-  }
-  s->fds[i].events = (short)(((what & CURL_POLL_IN) ? POLLIN : 0) |
-                             ((what & CURL_POLL_OUT) ? POLLOUT : 0));
-  s->fds[i].revents = 0;
-  {
-    char *owner = NULL;
-    curl_easy_getinfo(e, CURLINFO_PRIVATE, &owner);
-    s->owners[i] = (Transfer *)(void *)owner;
-  }
-  lcpp_epoll(s, fd, s->fds[i].events, EPOLL_CTL_MOD);
-  return 0;
-}
-
-
-/* libcurl does not always say CURL_POLL_REMOVE before it closes a socket
-   (a connect that fails at once): an fd must never stay watched once
-   closed, or an event loop polls a dead or, worse, a reused number. */
-static int lcpp_onclose (void *ud, curl_socket_t fd) {
-  lcpp_unwatch((Session *)ud, fd);
-  return close(fd);
-}
-
-
-static int lcpp_ontimer (CURLM *m, long ms, void *ud) {
-  Session *s = (Session *)ud;
-  (void)m;
-  s->timer_at = ms < 0 ? -1.0 : lcpp_now() + (double)ms;
-  return 0;
-}
-
 /* }====== */
 
 
-/* {====== Driving a session ====== */
-
-static void lcpp_detach (Transfer *t) {
-  Session *s = t->session;
-  int i;
-  if (s == NULL) return;
-  curl_multi_remove_handle(s->multi, t->easy);
-  for (i = 0; i < s->nfds; i++)
-    if (s->owners[i] == t) s->owners[i] = NULL;
-  if (t->prev) t->prev->next = t->next; else s->head = t->next;
-  if (t->next) t->next->prev = t->prev;
-  t->prev = t->next = NULL;
-  t->session = NULL;
-}
-
+/* {====== Its end, and what is due ====== */
 
 /* The transfer is over, well or not: stop it and flush the parser. */
 static void lcpp_finish (Transfer *t, CURLcode result, int fail) {
@@ -343,73 +221,27 @@ static void lcpp_expire (Session *s, double now) {
 }
 
 
-/* Bytes arrived on fd: whatever they are (chunk framing too, which
-   libcurl's callbacks never show), its transfer is not idle. */
-static void lcpp_activity (Session *s, curl_socket_t fd) {
-  int i;
-  for (i = 0; i < s->nfds; i++) {
-    if (s->fds[i].fd == fd) {
-      if (s->owners[i] != NULL) s->owners[i]->tlast = lcpp_now();
-      return;
-    }
-  }
-}
-
-
 /* What is due once sockets were served: libcurl's timer, our timeouts,
    and the transfers libcurl finished. */
 static void lcpp_timers (Session *s) {
-  double now = lcpp_now();
-  if (s->timer_at >= 0 && now >= s->timer_at) {
-    int running;
-    s->timer_at = -1;
-    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  }
+  lcpp_multi_timer(s);
   lcpp_reap(s);
   lcpp_expire(s, lcpp_now());
 }
 
 
 /*
-** Waits at most wait_ms (< 0: until something happens) for a socket or a
-** timer, and lets libcurl do what is ready. Returns 0, or -1 when poll()
-** failed (errno set).
+** Waits at most wait_ms (< 0: until something happens) for a socket, a
+** timer or a deadline of ours, and lets libcurl do what is ready. Returns
+** 0, or -1 when poll() failed (errno set).
 */
 static int lcpp_step (Session *s, double wait_ms) {
-  struct pollfd ready[16];
   double at = lcpp_earliest(s), now = lcpp_now();
-  int n, i, nready, ms;
   if (at >= 0) {
     double d = at > now ? at - now : 0;
     if (wait_ms < 0 || d < wait_ms) wait_ms = d;
   }
-  if (wait_ms < 0 && s->nfds == 0) wait_ms = 1000;   /* cannot happen; be safe */
-  if (wait_ms > 86400000.0) wait_ms = 86400000.0;   /* a day: the loop goes on */
-  ms = wait_ms < 0 ? -1 : (int)wait_ms + ((double)(int)wait_ms < wait_ms);
-  n = poll(s->fds, (nfds_t)s->nfds, ms);
-  if (n < 0 && errno != EINTR) return -1;
-  while (n > 0) {
-    /* libcurl's callbacks change s->fds while we act: copy a batch first */
-    for (i = 0, nready = 0; i < s->nfds && nready < 16; i++) {
-      if (s->fds[i].revents) {
-        ready[nready++] = s->fds[i];
-        s->fds[i].revents = 0;
-      }
-    }
-    if (nready == 0) break;
-    for (i = 0; i < nready; i++) {
-      int flags = 0, running;
-      short r = ready[i].revents;
-      if (r & (POLLIN | POLLHUP)) {
-        flags |= CURL_CSELECT_IN;
-        lcpp_activity(s, ready[i].fd);
-      }
-      if (r & POLLOUT) flags |= CURL_CSELECT_OUT;
-      if (r & (POLLERR | POLLNVAL)) flags |= CURL_CSELECT_ERR;
-      curl_multi_socket_action(s->multi, ready[i].fd, flags, &running);
-    }
-    n -= nready;
-  }
+  if (lcpp_multi_wait(s, wait_ms) < 0) return -1;
   lcpp_timers(s);
   return 0;
 }
@@ -667,12 +499,7 @@ int lcpp_session_new (lua_State *L) {
   s->epfd = -1;
   luaL_getmetatable(L, LCPP_SESSION_MT);
   lua_setmetatable(L, -2);
-  s->multi = curl_multi_init();
-  if (s->multi == NULL) return luaL_error(L, "curl_multi_init failed");
-  curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, lcpp_onsocket);
-  curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
-  curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, lcpp_ontimer);
-  curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
+  if (lcpp_multi_open(s) != 0) return luaL_error(L, "curl_multi_init failed");
   return 1;
 }
 
@@ -683,19 +510,7 @@ static int session_close (lua_State *L) {
   if (s->multi == NULL) return 0;
   while (s->head != NULL)
     lcpp_finish(s->head, CURLE_OK, FAIL_CANCEL);
-  while (s->npool > 0)
-    curl_easy_cleanup(s->pool[--s->npool]);
-  curl_multi_cleanup(s->multi);
-  if (s->epfd >= 0) close(s->epfd);
-  s->epfd = -1;
-  s->multi = NULL;
-  free(s->fds);
-  free(s->serials);
-  free(s->owners);
-  s->fds = NULL;
-  s->serials = NULL;
-  s->owners = NULL;
-  s->nfds = s->capfds = 0;
+  lcpp_multi_close(s);
   return 0;
 }
 
@@ -897,12 +712,8 @@ static int session_open (lua_State *L) {
   }
   if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
     SETOPT(CURLOPT_USERAGENT, str);
-  if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK)
+  if (lcpp_attach(s, t) != 0)
     return luaL_error(L, "curl_multi_add_handle failed");
-  t->session = s;                        /* link first: keep the list exact */
-  t->next = s->head;
-  if (s->head) s->head->prev = t;
-  s->head = t;
   lua_pushvalue(L, 1);                   /* s, opts, t, s */
   t->sref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
@@ -965,44 +776,10 @@ static int session_timeout (lua_State *L) {
    An event loop watches it and calls act() with no argument: one watch
    per session, and the sockets' own errors never reach the loop. */
 static int session_fd (lua_State *L) {
-  Session *s = checksession(L, 1);
-#ifdef LCPP_EPOLL
-  if (s->epfd < 0) {
-    int i;
-    s->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (s->epfd < 0) return 0;
-    for (i = 0; i < s->nfds; i++)
-      lcpp_epoll(s, s->fds[i].fd, s->fds[i].events, EPOLL_CTL_ADD);
-  }
-  lua_pushinteger(L, s->epfd);
+  int fd = lcpp_multi_fd(checksession(L, 1));
+  if (fd < 0) return 0;
+  lua_pushinteger(L, fd);
   return 1;
-#else
-  (void)s;
-  return 0;
-#endif
-}
-
-
-/* The sockets of the epoll set that are ready, to libcurl. */
-static void lcpp_epoll_act (Session *s) {
-#ifdef LCPP_EPOLL
-  struct epoll_event evs[32];
-  int n, i, running;
-  if (s->epfd < 0) return;
-  n = epoll_wait(s->epfd, evs, 32, 0);
-  for (i = 0; i < n; i++) {
-    int flags = 0;
-    if (evs[i].events & (EPOLLIN | EPOLLHUP)) {
-      flags |= CURL_CSELECT_IN;
-      lcpp_activity(s, evs[i].data.fd);
-    }
-    if (evs[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
-    if (evs[i].events & EPOLLERR) flags |= CURL_CSELECT_ERR;
-    curl_multi_socket_action(s->multi, evs[i].data.fd, flags, &running);
-  }
-#else
-  (void)s;
-#endif
 }
 
 
@@ -1013,18 +790,15 @@ static void lcpp_epoll_act (Session *s) {
 static int session_act (lua_State *L) {
   Session *s = checksession(L, 1);
   if (lua_isnoneornil(L, 2))
-    lcpp_epoll_act(s);
+    lcpp_multi_ready(s);
   else {
     curl_socket_t fd = (curl_socket_t)luaL_checkinteger(L, 2);
     const char *ev = luaL_optstring(L, 3, "r");
-    int flags = 0, running;
-    if (strchr(ev, 'r')) {
-      flags |= CURL_CSELECT_IN;
-      lcpp_activity(s, fd);
-    }
+    int flags = 0;
+    if (strchr(ev, 'r')) flags |= CURL_CSELECT_IN;
     if (strchr(ev, 'w')) flags |= CURL_CSELECT_OUT;
     if (strchr(ev, 'e')) flags |= CURL_CSELECT_ERR;
-    curl_multi_socket_action(s->multi, fd, flags, &running);
+    lcpp_multi_act(s, fd, flags);
   }
   lcpp_timers(s);
   return 0;
