@@ -118,11 +118,17 @@ LCPP_HIDDEN int lcpp_multi_fd (Session *s);
 LCPP_HIDDEN void lcpp_multi_ready (Session *s);
 
 /* transfer.c */
-LCPP_HIDDEN void lcpp_transfer_open (lua_State *L);
-LCPP_HIDDEN int lcpp_session_new (lua_State *L);
+LCPP_HIDDEN int lcpp_transfer_new (lua_State *L, Session *s);
+LCPP_HIDDEN void lcpp_finish (Transfer *t, CURLcode result, int fail);
+LCPP_HIDDEN double lcpp_earliest (Session *s);
+LCPP_HIDDEN void lcpp_timers (Session *s);
+LCPP_HIDDEN int lcpp_step (Session *s, double wait_ms);
+LCPP_HIDDEN extern const luaL_Reg lcpp_transfer_methods[];
+LCPP_HIDDEN extern const luaL_Reg lcpp_transfer_metas[];
 
-/* core.c: shared by the two files above */
-LCPP_HIDDEN void lcpp_newclass (lua_State *L, const char *tname,
-                                const luaL_Reg *methods, const luaL_Reg *metas);
+/* session.c */
+LCPP_HIDDEN int lcpp_session_new (lua_State *L);
+LCPP_HIDDEN extern const luaL_Reg lcpp_session_methods[];
+LCPP_HIDDEN extern const luaL_Reg lcpp_session_metas[];
 
 #endif

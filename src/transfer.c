@@ -161,7 +161,7 @@ static size_t lcpp_onheader (char *p, size_t size, size_t n, void *ud) {
 /* {====== Its end, and what is due ====== */
 
 /* The transfer is over, well or not: stop it and flush the parser. */
-static void lcpp_finish (Transfer *t, CURLcode result, int fail) {
+void lcpp_finish (Transfer *t, CURLcode result, int fail) {
   if (t->done) return;
   t->done = 1;
   t->result = result;
@@ -198,7 +198,7 @@ static double lcpp_deadline (Transfer *t) {
 }
 
 
-static double lcpp_earliest (Session *s) {
+double lcpp_earliest (Session *s) {
   double at = s->timer_at;
   Transfer *t;
   for (t = s->head; t != NULL; t = t->next) {
@@ -223,7 +223,7 @@ static void lcpp_expire (Session *s, double now) {
 
 /* What is due once sockets were served: libcurl's timer, our timeouts,
    and the transfers libcurl finished. */
-static void lcpp_timers (Session *s) {
+void lcpp_timers (Session *s) {
   lcpp_multi_timer(s);
   lcpp_reap(s);
   lcpp_expire(s, lcpp_now());
@@ -235,7 +235,7 @@ static void lcpp_timers (Session *s) {
 ** timer or a deadline of ours, and lets libcurl do what is ready. Returns
 ** 0, or -1 when poll() failed (errno set).
 */
-static int lcpp_step (Session *s, double wait_ms) {
+int lcpp_step (Session *s, double wait_ms) {
   double at = lcpp_earliest(s), now = lcpp_now();
   if (at >= 0) {
     double d = at > now ? at - now : 0;
@@ -244,6 +244,215 @@ static int lcpp_step (Session *s, double wait_ms) {
   if (lcpp_multi_wait(s, wait_ms) < 0) return -1;
   lcpp_timers(s);
   return 0;
+}
+
+/* }====== */
+
+
+/* {====== Opening ====== */
+
+/* Above any timeout (about 31 years in ms) or size we can honour, and
+   below LONG_MAX of 64-bit longs and SIZE_MAX: see lcpp_tolong. */
+#define LCPP_MAXOPT 1e12
+
+
+static long lcpp_tolong (double v) {
+  return v >= (double)LONG_MAX ? LONG_MAX : (long)v;
+}
+
+
+static size_t lcpp_tosize (double v) {
+  return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
+}
+
+
+/* Reads opts[k] as a number of milliseconds; 0 or absent means none. */
+static double lcpp_optms (lua_State *L, int opts, const char *k) {
+  double v;
+  lua_getfield(L, opts, k);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
+  if (!lua_isnumber(L, -1)) luaL_error(L, "option '%s' must be a number", k);
+  v = (double)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (v != v) luaL_error(L, "option '%s' is NaN", k);
+  if (v < 0) luaL_error(L, "option '%s' must not be negative", k);
+  /* huge values (math.huge too) mean no limit in practice: clamp them
+     where a conversion to an integer type would overflow */
+  return v > LCPP_MAXOPT ? LCPP_MAXOPT : v;
+}
+
+
+static const char *lcpp_optstr (lua_State *L, int opts, const char *k,
+                                size_t *len) {
+  const char *s = NULL;
+  lua_getfield(L, opts, k);
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "option '%s' must be a string", k);
+    s = lua_tolstring(L, -1, len);
+  }
+  lua_pop(L, 1);   /* still referenced by opts */
+  return s;
+}
+
+
+static int lcpp_optbool (lua_State *L, int opts, const char *k) {
+  int b;
+  lua_getfield(L, opts, k);
+  b = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
+
+/* A header line is refused if it carries CR, LF or NUL: those would let
+   a value smuggle another header or request into the connection. */
+static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
+  int i, n;
+  lua_getfield(L, opts, "headers");
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  luaL_argcheck(L, lua_istable(L, -1), 2, "option 'headers' must be a table");
+  n = (int)lua_rawlen(L, -1);
+  for (i = 1; i <= n; i++) {
+    size_t len, j;
+    const char *h;
+    struct curl_slist *l;
+    lua_rawgeti(L, -1, i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "header %d must be a string", i);
+    h = lua_tolstring(L, -1, &len);
+    for (j = 0; j < len; j++)
+      if (h[j] == '\r' || h[j] == '\n' || h[j] == '\0')
+        luaL_error(L, "header %d contains CR, LF or NUL", i);
+    l = curl_slist_append(t->headers, h);
+    if (l == NULL) luaL_error(L, "out of memory");
+    t->headers = l;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+
+#define SETOPT(o, v)  if (curl_easy_setopt(t->easy, o, v) != CURLE_OK) \
+                        return luaL_error(L, "cannot set " #o)
+
+/*
+** session:open{url=, method=, headers={"Name: value", ...}, body=,
+** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
+** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
+** ca_file=, ca_path=, insecure=, follow=, template={head, mid, tail}}
+** -> Transfer (already started). See lcpp_plain (fastpath.c) for the template.
+** s is the open Session at index 1 (session.c checked it).
+*/
+int lcpp_transfer_new (lua_State *L, Session *s) {
+  Transfer *t;
+  const char *url, *method, *fr, *str;
+  size_t bodylen = 0;
+  double v;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  t = (Transfer *)lua_newuserdata(L, sizeof *t);   /* s, opts, t */
+  memset(t, 0, sizeof *t);
+  t->sref = LUA_NOREF;
+  t->framing = FRAMING_NONE;
+  t->t0 = t->tlast = lcpp_now();
+  luaL_getmetatable(L, LCPP_TRANSFER_MT);
+  lua_setmetatable(L, -2);
+  url = lcpp_optstr(L, 2, "url", NULL);
+  luaL_argcheck(L, url != NULL, 2, "option 'url' is required");
+  fr = lcpp_optstr(L, 2, "framing", NULL);
+  if (fr != NULL) {
+    if (strcmp(fr, "sse") == 0) t->framing = LCPP_SSE;
+    else if (strcmp(fr, "ndjson") == 0) t->framing = LCPP_NDJSON;
+    else luaL_argerror(L, 2, "option 'framing' must be \"sse\" or \"ndjson\"");
+  }
+  v = lcpp_optms(L, 2, "max_event");
+  lcpp_frame_init(&t->frame, t->framing == LCPP_NDJSON ? LCPP_NDJSON : LCPP_SSE,
+                  lcpp_tosize(v));
+  v = lcpp_optms(L, 2, "max_body");
+  t->maxbody = v > 0 ? lcpp_tosize(v) : DEFAULT_MAXBODY;
+  t->first_byte_ms = lcpp_optms(L, 2, "first_byte_timeout");
+  t->idle_ms = lcpp_optms(L, 2, "idle_timeout");
+  t->total_ms = lcpp_optms(L, 2, "timeout");
+  lcpp_setheaders(L, 2, t);
+  str = lcpp_optstr(L, 2, "body", &bodylen);
+  if (str != NULL) {
+    t->body = (char *)malloc(bodylen ? bodylen : 1);
+    if (t->body == NULL) return luaL_error(L, "out of memory");
+    memcpy(t->body, str, bodylen);
+  }
+  lua_getfield(L, 2, "template");
+  if (!lua_isnil(L, -1)) {
+    int i;
+    luaL_argcheck(L, lua_istable(L, -1), 2, "option 'template' must be a table");
+    for (i = 0; i < 3; i++) {
+      size_t len;
+      const char *part;
+      lua_rawgeti(L, -1, i + 1);
+      part = lua_tolstring(L, -1, &len);
+      if (part == NULL || len == 0)
+        luaL_argerror(L, 2, "option 'template' must hold 3 non-empty strings");
+      t->tpl.part[i] = (char *)malloc(len);
+      if (t->tpl.part[i] == NULL) return luaL_error(L, "out of memory");
+      memcpy(t->tpl.part[i], part, len);
+      t->tpl.len[i] = len;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  method = lcpp_optstr(L, 2, "method", NULL);
+  t->easy = s->npool > 0 ? s->pool[--s->npool] : curl_easy_init();
+  if (t->easy == NULL) return luaL_error(L, "curl_easy_init failed");
+  t->home = s;
+  SETOPT(CURLOPT_URL, url);
+  SETOPT(CURLOPT_PRIVATE, (void *)t);
+  SETOPT(CURLOPT_ERRORBUFFER, t->errbuf);
+  SETOPT(CURLOPT_NOSIGNAL, 1L);
+  SETOPT(CURLOPT_WRITEFUNCTION, lcpp_onwrite);
+  SETOPT(CURLOPT_WRITEDATA, (void *)t);
+  SETOPT(CURLOPT_HEADERFUNCTION, lcpp_onheader);
+  SETOPT(CURLOPT_HEADERDATA, (void *)t);
+  SETOPT(CURLOPT_CLOSESOCKETFUNCTION, lcpp_onclose);
+  SETOPT(CURLOPT_CLOSESOCKETDATA, (void *)s);
+  SETOPT(CURLOPT_TCP_NODELAY, 1L);
+  SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+  SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  SETOPT(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  SETOPT(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  if (t->headers) SETOPT(CURLOPT_HTTPHEADER, t->headers);
+  if (t->body != NULL) {
+    SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+    SETOPT(CURLOPT_POSTFIELDS, t->body);
+  }
+  if (method != NULL && strcmp(method, t->body ? "POST" : "GET") != 0)
+    SETOPT(CURLOPT_CUSTOMREQUEST, method);
+  if (t->total_ms > 0) SETOPT(CURLOPT_TIMEOUT_MS, lcpp_tolong(t->total_ms));
+  v = lcpp_optms(L, 2, "connect_timeout");
+  if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, lcpp_tolong(v));
+  if ((str = lcpp_optstr(L, 2, "proxy", NULL)) != NULL) SETOPT(CURLOPT_PROXY, str);
+  if ((str = lcpp_optstr(L, 2, "ca_file", NULL)) != NULL) SETOPT(CURLOPT_CAINFO, str);
+  if ((str = lcpp_optstr(L, 2, "ca_path", NULL)) != NULL) SETOPT(CURLOPT_CAPATH, str);
+  if (lcpp_optbool(L, 2, "insecure")) {
+    SETOPT(CURLOPT_SSL_VERIFYPEER, 0L);
+    SETOPT(CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if (lcpp_optbool(L, 2, "follow")) {
+    SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
+    SETOPT(CURLOPT_MAXREDIRS, 5L);
+    /* a chat is a POST: keep it one after 301/302/303 (libcurl's default
+       turns it into a body-less GET, as old browsers did) */
+    SETOPT(CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
+  }
+  if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
+    SETOPT(CURLOPT_USERAGENT, str);
+  if (lcpp_attach(s, t) != 0)
+    return luaL_error(L, "curl_multi_add_handle failed");
+  lua_pushvalue(L, 1);                   /* s, opts, t, s */
+  t->sref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
 }
 
 /* }====== */
@@ -483,338 +692,8 @@ static int transfer_tostring (lua_State *L) {
 /* }====== */
 
 
-/* {====== Session ====== */
-
-static Session *checksession (lua_State *L, int i) {
-  Session *s = (Session *)luaL_checkudata(L, i, LCPP_SESSION_MT);
-  luaL_argcheck(L, s->multi != NULL, i, "session is closed");
-  return s;
-}
-
-
-int lcpp_session_new (lua_State *L) {
-  Session *s = (Session *)lua_newuserdata(L, sizeof *s);
-  memset(s, 0, sizeof *s);
-  s->timer_at = -1;
-  s->epfd = -1;
-  luaL_getmetatable(L, LCPP_SESSION_MT);
-  lua_setmetatable(L, -2);
-  if (lcpp_multi_open(s) != 0) return luaL_error(L, "curl_multi_init failed");
-  return 1;
-}
-
-
-/* close and __gc: transfers still running end with a "cancelled" error. */
-static int session_close (lua_State *L) {
-  Session *s = (Session *)luaL_checkudata(L, 1, LCPP_SESSION_MT);
-  if (s->multi == NULL) return 0;
-  while (s->head != NULL)
-    lcpp_finish(s->head, CURLE_OK, FAIL_CANCEL);
-  lcpp_multi_close(s);
-  return 0;
-}
-
-
-/* Above any timeout (about 31 years in ms) or size we can honour, and
-   below LONG_MAX of 64-bit longs and SIZE_MAX: see lcpp_tolong. */
-#define LCPP_MAXOPT 1e12
-
-
-static long lcpp_tolong (double v) {
-  return v >= (double)LONG_MAX ? LONG_MAX : (long)v;
-}
-
-
-static size_t lcpp_tosize (double v) {
-  return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
-}
-
-
-/* Reads opts[k] as a number of milliseconds; 0 or absent means none. */
-static double lcpp_optms (lua_State *L, int opts, const char *k) {
-  double v;
-  lua_getfield(L, opts, k);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
-  if (!lua_isnumber(L, -1)) luaL_error(L, "option '%s' must be a number", k);
-  v = (double)lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  if (v != v) luaL_error(L, "option '%s' is NaN", k);
-  if (v < 0) luaL_error(L, "option '%s' must not be negative", k);
-  /* huge values (math.huge too) mean no limit in practice: clamp them
-     where a conversion to an integer type would overflow */
-  return v > LCPP_MAXOPT ? LCPP_MAXOPT : v;
-}
-
-
-static const char *lcpp_optstr (lua_State *L, int opts, const char *k,
-                                size_t *len) {
-  const char *s = NULL;
-  lua_getfield(L, opts, k);
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "option '%s' must be a string", k);
-    s = lua_tolstring(L, -1, len);
-  }
-  lua_pop(L, 1);   /* still referenced by opts */
-  return s;
-}
-
-
-static int lcpp_optbool (lua_State *L, int opts, const char *k) {
-  int b;
-  lua_getfield(L, opts, k);
-  b = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return b;
-}
-
-
-/* A header line is refused if it carries CR, LF or NUL: those would let
-   a value smuggle another header or request into the connection. */
-static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
-  int i, n;
-  lua_getfield(L, opts, "headers");
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
-  luaL_argcheck(L, lua_istable(L, -1), 2, "option 'headers' must be a table");
-  n = (int)lua_rawlen(L, -1);
-  for (i = 1; i <= n; i++) {
-    size_t len, j;
-    const char *h;
-    struct curl_slist *l;
-    lua_rawgeti(L, -1, i);
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "header %d must be a string", i);
-    h = lua_tolstring(L, -1, &len);
-    for (j = 0; j < len; j++)
-      if (h[j] == '\r' || h[j] == '\n' || h[j] == '\0')
-        luaL_error(L, "header %d contains CR, LF or NUL", i);
-    l = curl_slist_append(t->headers, h);
-    if (l == NULL) luaL_error(L, "out of memory");
-    t->headers = l;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-}
-
-
-#define SETOPT(o, v)  if (curl_easy_setopt(t->easy, o, v) != CURLE_OK) \
-                        return luaL_error(L, "cannot set " #o)
-
-/*
-** session:open{url=, method=, headers={"Name: value", ...}, body=,
-** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
-** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
-** ca_file=, ca_path=, insecure=, follow=, template={head, mid, tail}}
-** -> Transfer (already started). See lcpp_plain (fastpath.c) for the template.
-*/
-static int session_open (lua_State *L) {
-  Session *s = checksession(L, 1);
-  Transfer *t;
-  const char *url, *method, *fr, *str;
-  size_t bodylen = 0;
-  double v;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  t = (Transfer *)lua_newuserdata(L, sizeof *t);   /* s, opts, t */
-  memset(t, 0, sizeof *t);
-  t->sref = LUA_NOREF;
-  t->framing = FRAMING_NONE;
-  t->t0 = t->tlast = lcpp_now();
-  luaL_getmetatable(L, LCPP_TRANSFER_MT);
-  lua_setmetatable(L, -2);
-  url = lcpp_optstr(L, 2, "url", NULL);
-  luaL_argcheck(L, url != NULL, 2, "option 'url' is required");
-  fr = lcpp_optstr(L, 2, "framing", NULL);
-  if (fr != NULL) {
-    if (strcmp(fr, "sse") == 0) t->framing = LCPP_SSE;
-    else if (strcmp(fr, "ndjson") == 0) t->framing = LCPP_NDJSON;
-    else luaL_argerror(L, 2, "option 'framing' must be \"sse\" or \"ndjson\"");
-  }
-  v = lcpp_optms(L, 2, "max_event");
-  lcpp_frame_init(&t->frame, t->framing == LCPP_NDJSON ? LCPP_NDJSON : LCPP_SSE,
-                  lcpp_tosize(v));
-  v = lcpp_optms(L, 2, "max_body");
-  t->maxbody = v > 0 ? lcpp_tosize(v) : DEFAULT_MAXBODY;
-  t->first_byte_ms = lcpp_optms(L, 2, "first_byte_timeout");
-  t->idle_ms = lcpp_optms(L, 2, "idle_timeout");
-  t->total_ms = lcpp_optms(L, 2, "timeout");
-  lcpp_setheaders(L, 2, t);
-  str = lcpp_optstr(L, 2, "body", &bodylen);
-  if (str != NULL) {
-    t->body = (char *)malloc(bodylen ? bodylen : 1);
-    if (t->body == NULL) return luaL_error(L, "out of memory");
-    memcpy(t->body, str, bodylen);
-  }
-  lua_getfield(L, 2, "template");
-  if (!lua_isnil(L, -1)) {
-    int i;
-    luaL_argcheck(L, lua_istable(L, -1), 2, "option 'template' must be a table");
-    for (i = 0; i < 3; i++) {
-      size_t len;
-      const char *part;
-      lua_rawgeti(L, -1, i + 1);
-      part = lua_tolstring(L, -1, &len);
-      if (part == NULL || len == 0)
-        luaL_argerror(L, 2, "option 'template' must hold 3 non-empty strings");
-      t->tpl.part[i] = (char *)malloc(len);
-      if (t->tpl.part[i] == NULL) return luaL_error(L, "out of memory");
-      memcpy(t->tpl.part[i], part, len);
-      t->tpl.len[i] = len;
-      lua_pop(L, 1);
-    }
-  }
-  lua_pop(L, 1);
-  method = lcpp_optstr(L, 2, "method", NULL);
-  t->easy = s->npool > 0 ? s->pool[--s->npool] : curl_easy_init();
-  if (t->easy == NULL) return luaL_error(L, "curl_easy_init failed");
-  t->home = s;
-  SETOPT(CURLOPT_URL, url);
-  SETOPT(CURLOPT_PRIVATE, (void *)t);
-  SETOPT(CURLOPT_ERRORBUFFER, t->errbuf);
-  SETOPT(CURLOPT_NOSIGNAL, 1L);
-  SETOPT(CURLOPT_WRITEFUNCTION, lcpp_onwrite);
-  SETOPT(CURLOPT_WRITEDATA, (void *)t);
-  SETOPT(CURLOPT_HEADERFUNCTION, lcpp_onheader);
-  SETOPT(CURLOPT_HEADERDATA, (void *)t);
-  SETOPT(CURLOPT_CLOSESOCKETFUNCTION, lcpp_onclose);
-  SETOPT(CURLOPT_CLOSESOCKETDATA, (void *)s);
-  SETOPT(CURLOPT_TCP_NODELAY, 1L);
-  SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
-#if LIBCURL_VERSION_NUM >= 0x075500
-  SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
-  SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-#else
-  SETOPT(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-  SETOPT(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  if (t->headers) SETOPT(CURLOPT_HTTPHEADER, t->headers);
-  if (t->body != NULL) {
-    SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
-    SETOPT(CURLOPT_POSTFIELDS, t->body);
-  }
-  if (method != NULL && strcmp(method, t->body ? "POST" : "GET") != 0)
-    SETOPT(CURLOPT_CUSTOMREQUEST, method);
-  if (t->total_ms > 0) SETOPT(CURLOPT_TIMEOUT_MS, lcpp_tolong(t->total_ms));
-  v = lcpp_optms(L, 2, "connect_timeout");
-  if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, lcpp_tolong(v));
-  if ((str = lcpp_optstr(L, 2, "proxy", NULL)) != NULL) SETOPT(CURLOPT_PROXY, str);
-  if ((str = lcpp_optstr(L, 2, "ca_file", NULL)) != NULL) SETOPT(CURLOPT_CAINFO, str);
-  if ((str = lcpp_optstr(L, 2, "ca_path", NULL)) != NULL) SETOPT(CURLOPT_CAPATH, str);
-  if (lcpp_optbool(L, 2, "insecure")) {
-    SETOPT(CURLOPT_SSL_VERIFYPEER, 0L);
-    SETOPT(CURLOPT_SSL_VERIFYHOST, 0L);
-  }
-  if (lcpp_optbool(L, 2, "follow")) {
-    SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
-    SETOPT(CURLOPT_MAXREDIRS, 5L);
-    /* a chat is a POST: keep it one after 301/302/303 (libcurl's default
-       turns it into a body-less GET, as old browsers did) */
-    SETOPT(CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
-  }
-  if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
-    SETOPT(CURLOPT_USERAGENT, str);
-  if (lcpp_attach(s, t) != 0)
-    return luaL_error(L, "curl_multi_add_handle failed");
-  lua_pushvalue(L, 1);                   /* s, opts, t, s */
-  t->sref = luaL_ref(L, LUA_REGISTRYINDEX);
-  return 1;
-}
-
-
-/* session:step([timeout_ms]): drive every transfer once, waiting at most
-   timeout_ms (default 0) for something to happen. Returns the number of
-   transfers still running. */
-static int session_step (lua_State *L) {
-  Session *s = checksession(L, 1);
-  lua_Number tmo = luaL_optnumber(L, 2, 0);
-  luaL_argcheck(L, tmo == tmo, 2, "timeout is NaN");
-  int n = 0;
-  Transfer *t;
-  if (s->head != NULL) lcpp_step(s, (double)tmo);
-  for (t = s->head; t != NULL; t = t->next) n++;
-  lua_pushinteger(L, n);
-  return 1;
-}
-
-
-/* session:sockets([all]) -> events, serials when the set of sockets
-   libcurl wants watched changed since the last call (or when `all`),
-   else nil. events: {[fd] = "r" | "w" | "rw"}; serials: {[fd] = n}, n
-   new whenever fd is a new socket. For event loops (llamacpp.uv). */
-static int session_sockets (lua_State *L) {
-  Session *s = checksession(L, 1);
-  int i;
-  if (!s->changed && !lua_toboolean(L, 2)) return 0;
-  s->changed = 0;
-  lua_createtable(L, 0, s->nfds);                    /* events */
-  lua_createtable(L, 0, s->nfds);                    /* events, serials */
-  for (i = 0; i < s->nfds; i++) {
-    short e = s->fds[i].events;
-    lua_pushstring(L, (e & POLLIN) && (e & POLLOUT) ? "rw"
-                      : (e & POLLOUT) ? "w" : "r");
-    lua_rawseti(L, -3, (int)s->fds[i].fd);
-    lua_pushinteger(L, (lua_Integer)s->serials[i]);
-    lua_rawseti(L, -2, (int)s->fds[i].fd);
-  }
-  return 2;
-}
-
-
-/* session:timeout() -> ms until something is due (libcurl's timer or a
-   first-byte/idle deadline), 0 if overdue, nil when nothing is. */
-static int session_timeout (lua_State *L) {
-  Session *s = checksession(L, 1);
-  double at = lcpp_earliest(s), now;
-  if (at < 0) return 0;
-  now = lcpp_now();
-  lua_pushnumber(L, at > now ? at - now : 0);
-  return 1;
-}
-
-
-/* session:fd() -> one fd that is readable whenever a socket of the
-   session is ready (an epoll set, Linux), or nil where there is none.
-   An event loop watches it and calls act() with no argument: one watch
-   per session, and the sockets' own errors never reach the loop. */
-static int session_fd (lua_State *L) {
-  int fd = lcpp_multi_fd(checksession(L, 1));
-  if (fd < 0) return 0;
-  lua_pushinteger(L, fd);
-  return 1;
-}
-
-
-/* session:act([fd, events]): the event loop says socket fd is ready
-   ("r", "w", "rw", or "e" for an error); without fd, that the session's
-   fd() is readable or the time from timeout() passed. Then runs whatever
-   is due. */
-static int session_act (lua_State *L) {
-  Session *s = checksession(L, 1);
-  if (lua_isnoneornil(L, 2))
-    lcpp_multi_ready(s);
-  else {
-    curl_socket_t fd = (curl_socket_t)luaL_checkinteger(L, 2);
-    const char *ev = luaL_optstring(L, 3, "r");
-    int flags = 0;
-    if (strchr(ev, 'r')) flags |= CURL_CSELECT_IN;
-    if (strchr(ev, 'w')) flags |= CURL_CSELECT_OUT;
-    if (strchr(ev, 'e')) flags |= CURL_CSELECT_ERR;
-    lcpp_multi_act(s, fd, flags);
-  }
-  lcpp_timers(s);
-  return 0;
-}
-
-
-static int session_tostring (lua_State *L) {
-  Session *s = (Session *)luaL_checkudata(L, 1, LCPP_SESSION_MT);
-  lua_pushfstring(L, "llamacpp.Session (%s)", s->multi ? "open" : "closed");
-  return 1;
-}
-
-/* }====== */
-
-
-static const luaL_Reg transfer_methods[] = {
+/* registered by core.c */
+const luaL_Reg lcpp_transfer_methods[] = {
   {"next", transfer_next},
   {"take", transfer_take},
   {"ready", transfer_ready},
@@ -824,7 +703,7 @@ static const luaL_Reg transfer_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg transfer_metas[] = {
+const luaL_Reg lcpp_transfer_metas[] = {
   {"__gc", transfer_close},
   {"__tostring", transfer_tostring},
 #if LUA_VERSION_NUM >= 504
@@ -832,26 +711,3 @@ static const luaL_Reg transfer_metas[] = {
 #endif
   {NULL, NULL}
 };
-
-static const luaL_Reg session_methods[] = {
-  {"open", session_open},
-  {"step", session_step},
-  {"sockets", session_sockets},
-  {"fd", session_fd},
-  {"timeout", session_timeout},
-  {"act", session_act},
-  {"close", session_close},
-  {NULL, NULL}
-};
-
-static const luaL_Reg session_metas[] = {
-  {"__gc", session_close},
-  {"__tostring", session_tostring},
-  {NULL, NULL}
-};
-
-
-void lcpp_transfer_open (lua_State *L) {
-  lcpp_newclass(L, LCPP_SESSION_MT, session_methods, session_metas);
-  lcpp_newclass(L, LCPP_TRANSFER_MT, transfer_methods, transfer_metas);
-}
