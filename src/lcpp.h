@@ -1,6 +1,15 @@
 /*
 ** lcpp.h: what the C files of llamacpp.core share. Nothing here is
 ** exported from the shared object: only luaopen_llamacpp_core is.
+**
+** The files, each using only those above it (none imports one that
+** imports it back):
+**   clock.c fastpath.c sse.c   time; the template fast path; framing
+**   error.c                    the Error metatable, failures -> Error
+**   multi.c                    a session's CURLM: sockets, timer, waiting
+**   transfer.c                 one transfer's life, what is due and ended
+**   session.c                  the llamacpp.Session type
+**   core.c                     luaopen_llamacpp_core: registration only
 */
 #ifndef LCPP_H
 #define LCPP_H
@@ -34,7 +43,7 @@ typedef struct { char *part[3]; size_t len[3]; } lcpp_template;
 #define FAIL_CANCEL     1    /* session closed under the transfer */
 #define FAIL_FRAME      2    /* parser error (oversized event, no memory) */
 #define FAIL_BODY       3    /* body over max_body */
-#define FAIL_HEADERS    4    /* header block over MAX_HEADERS */
+#define FAIL_HEADERS    4    /* header block over MAX_HEADERS (transfer.c) */
 #define FAIL_FIRSTBYTE  5    /* first_byte_timeout */
 #define FAIL_IDLE       6    /* idle_timeout */
 #define FAIL_NOMEM      7
@@ -47,6 +56,8 @@ typedef struct { char *p; size_t len, cap; } lcpp_buf;
 typedef struct Session Session;
 typedef struct Transfer Transfer;
 
+/* multi.c keeps the socket arrays, timer_at and epfd; transfer.c the
+   list of attached transfers and the pool. */
 struct Session {
   CURLM *multi;            /* NULL: closed */
   Transfer *head;          /* transfers attached to multi */
@@ -62,6 +73,8 @@ struct Session {
   int epfd;                /* epoll set mirroring fds, for event loops; -1 */
 };
 
+/* transfer.c's; multi.c only links it (prev, next, session) and marks
+   activity (tlast); error.c reads its failure. */
 struct Transfer {
   CURL *easy;              /* NULL: finished or closed */
   Session *session;        /* non-NULL while attached to session->multi */

@@ -136,7 +136,8 @@ static int lcpp_ontimer (CURLM *m, long ms, void *ud) {
 
 /* {====== The multi handle ====== */
 
-/* Fields zeroed, timer_at and epfd -1 (lcpp_session_new) before. */
+/* s comes zeroed, timer_at and epfd -1 (lcpp_session_new). -1 when
+   libcurl gives no multi handle. */
 int lcpp_multi_open (Session *s) {
   s->multi = curl_multi_init();
   if (s->multi == NULL) return -1;

@@ -12,7 +12,6 @@
 */
 #include <limits.h>
 #include <stdint.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
