@@ -28,7 +28,8 @@ build = {
   type = "builtin",
   modules = {
     ["llamacpp.core"] = {
-      sources = { "src/core.c", "src/transfer.c", "src/sse.c", "src/error.c" },
+      sources = { "src/core.c", "src/session.c", "src/transfer.c", "src/multi.c",
+                  "src/fastpath.c", "src/error.c", "src/clock.c", "src/sse.c" },
       libraries = { "curl" },
       incdirs = { "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },

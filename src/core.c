@@ -1,7 +1,9 @@
 /*
-** core.c: luaopen_llamacpp_core, registration only.
-** The module table: session() -> Session, now() -> monotonic ms,
-** Error (the llamacpp.Error metatable), version strings.
+** core.c: luaopen_llamacpp_core, registration only. The classes
+** llamacpp.Session and llamacpp.Transfer (their methods: session.c,
+** transfer.c), and the module table: session() -> Session, now() ->
+** monotonic ms, sleep(ms) (clock.c), Error (the llamacpp.Error metatable,
+** error.c), version strings. No other file uses anything of this one.
 */
 #include <curl/curl.h>
 
@@ -14,8 +16,10 @@
 #define LCPP_VERSION  "0.1.0"
 
 
-void lcpp_newclass (lua_State *L, const char *tname,
-                    const luaL_Reg *methods, const luaL_Reg *metas) {
+/* One class: its metatable, with the methods as __index and the name as
+   __name. The method arrays are session.c's and transfer.c's. */
+static void lcpp_newclass (lua_State *L, const char *tname,
+                           const luaL_Reg *methods, const luaL_Reg *metas) {
   luaL_newmetatable(L, tname);                            /* mt */
   luaL_setfuncs(L, metas, 0);
   lua_newtable(L);                                        /* mt, methods */
@@ -24,20 +28,6 @@ void lcpp_newclass (lua_State *L, const char *tname,
   lua_pushstring(L, tname);          /* 5.1 sets no __name itself */
   lua_setfield(L, -2, "__name");
   lua_pop(L, 1);
-}
-
-
-static int core_now (lua_State *L) {
-  lua_pushnumber(L, (lua_Number)lcpp_now());
-  return 1;
-}
-
-
-/* sleep(ms): without a busy loop, for retries and polling in Lua. */
-static int core_sleep (lua_State *L) {
-  lua_Number ms = luaL_checknumber(L, 1);
-  lcpp_sleep(ms > 0 ? (double)ms : 0);
-  return 0;
 }
 
 
@@ -52,9 +42,9 @@ static int core_curl_version (lua_State *L) {
 
 static const luaL_Reg core_funcs[] = {
   {"curl_version", core_curl_version},
-  {"sleep", core_sleep},
+  {"sleep", lcpp_core_sleep},
   {"session", lcpp_session_new},
-  {"now", core_now},
+  {"now", lcpp_core_now},
   {NULL, NULL}
 };
 
@@ -69,7 +59,9 @@ int luaopen_llamacpp_core (lua_State *L) {
       return luaL_error(L, "curl_global_init failed");
     initialized = 1;
   }
-  lcpp_transfer_open(L);
+  lcpp_newclass(L, LCPP_SESSION_MT, lcpp_session_methods, lcpp_session_metas);
+  lcpp_newclass(L, LCPP_TRANSFER_MT, lcpp_transfer_methods,
+                lcpp_transfer_metas);
   luaL_newlib(L, core_funcs);                             /* M */
   lcpp_error_open(L);                                     /* M, Error */
   lua_setfield(L, -2, "Error");                           /* M */

@@ -1,8 +1,10 @@
 /*
-** error.c: the llamacpp.Error metatable and the mapping of libcurl
-** results to error kinds (DESIGN.md section 3). HTTP statuses are mapped
-** in Lua (llamacpp.errors), where the provider's message shapes live.
+** error.c: failures -> llamacpp.Error. The Error metatable, and the
+** mapping of a failed transfer (libcurl's result, or a limit of ours) to
+** an Error's kind and fields (DESIGN.md section 3). HTTP statuses are
+** mapped in Lua (llamacpp.errors), where the provider's message shapes live.
 */
+#include <stdio.h>
 #include <string.h>
 
 #include "lua.h"
@@ -60,19 +62,7 @@ static int error_tostring (lua_State *L) {
 }
 
 
-void lcpp_newerror (lua_State *L, const char *kind, const char *message,
-                    int retryable) {
-  lua_createtable(L, 0, 8);                       /* err */
-  lcpp_setstring(L, "kind", kind);
-  lcpp_setstring(L, "message", message);
-  lua_pushboolean(L, retryable);
-  lua_setfield(L, -2, "retryable");
-  luaL_getmetatable(L, LCPP_ERROR_MT);            /* err, mt */
-  lua_setmetatable(L, -2);                        /* err */
-}
-
-
-void lcpp_setstring (lua_State *L, const char *k, const char *v) {
+static void lcpp_setstring (lua_State *L, const char *k, const char *v) {
   if (v == NULL) return;
   lua_pushstring(L, v);
   lua_setfield(L, -2, k);
@@ -82,6 +72,18 @@ void lcpp_setstring (lua_State *L, const char *k, const char *v) {
 void lcpp_setinteger (lua_State *L, const char *k, lua_Integer v) {
   lua_pushinteger(L, v);
   lua_setfield(L, -2, k);
+}
+
+
+static void lcpp_newerror (lua_State *L, const char *kind,
+                           const char *message, int retryable) {
+  lua_createtable(L, 0, 8);                       /* err */
+  lcpp_setstring(L, "kind", kind);
+  lcpp_setstring(L, "message", message);
+  lua_pushboolean(L, retryable);
+  lua_setfield(L, -2, "retryable");
+  luaL_getmetatable(L, LCPP_ERROR_MT);            /* err, mt */
+  lua_setmetatable(L, -2);                        /* err */
 }
 
 
@@ -107,7 +109,7 @@ void lcpp_error_open (lua_State *L) {
 /* {====== libcurl results ====== */
 
 /* The mnemonic of a CURLcode, as Lua-cURL and the curl tool name them. */
-const char *lcpp_curlname (CURLcode code) {
+static const char *lcpp_curlname (CURLcode code) {
   switch (code) {
 #define N(x) case CURLE_##x: return #x;
     N(OK) N(UNSUPPORTED_PROTOCOL) N(URL_MALFORMAT) N(COULDNT_RESOLVE_PROXY)
@@ -129,7 +131,7 @@ const char *lcpp_curlname (CURLcode code) {
 
 
 /* The kind of DESIGN.md section 3 for a failed transfer. */
-const char *lcpp_curlkind (CURLcode code, int *retryable) {
+static const char *lcpp_curlkind (CURLcode code, int *retryable) {
   *retryable = 1;
   switch (code) {
     case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_COULDNT_RESOLVE_HOST:
@@ -156,6 +158,90 @@ const char *lcpp_curlkind (CURLcode code, int *retryable) {
     default:            /* PARTIAL_FILE, RECV_ERROR, SEND_ERROR, GOT_NOTHING, ... */
       return "network";
   }
+}
+
+/* }====== */
+
+
+/* {====== Failed transfers ====== */
+
+/* Which limit a CURLE_OPERATION_TIMEDOUT hit: libcurl names none. */
+static const char *lcpp_timeoutphase (const Transfer *t) {
+  double elapsed = lcpp_now() - t->t0;
+  if (t->total_ms > 0 && elapsed + 5 >= t->total_ms) return "total";
+  return t->gotbyte ? "total" : "connect";
+}
+
+
+/* A whole number as text on every Lua (5.4's %f would add ".0"). */
+static const char *lcpp_num (char *buf, double v) {
+  snprintf(buf, 32, "%.0f", v);
+  return buf;
+}
+
+
+/*
+** Pushes the Error of a failed transfer (t->fail, or else libcurl's
+** t->result): the one place where a failure gets its kind, retryable,
+** code, phase and status (DESIGN.md section 3).
+*/
+void lcpp_pushfailure (lua_State *L, const Transfer *t) {
+  char num[32];
+  int retry = 0;
+  const char *kind;
+  switch (t->fail) {
+    case FAIL_NONE:                       /* libcurl's: t->result */
+      kind = lcpp_curlkind(t->result, &retry);
+      lcpp_newerror(L, kind, t->errbuf[0] ? t->errbuf
+                    : curl_easy_strerror(t->result), retry);
+      lcpp_setstring(L, "code", lcpp_curlname(t->result));
+      if (t->result == CURLE_OPERATION_TIMEDOUT)
+        lcpp_setstring(L, "phase", lcpp_timeoutphase(t));
+      break;
+    case FAIL_CANCEL:
+      lcpp_newerror(L, "cancelled", "the session was closed", 0);
+      break;
+    case FAIL_FRAME:
+      if (t->frame.error == LCPP_FRAME_EOVERSIZE) {
+        lua_pushfstring(L, "event larger than %s bytes", lcpp_num(num, (double)t->frame.max_event));
+        lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
+        lua_remove(L, -2);
+        lcpp_setstring(L, "code", "EVENT_TOO_LARGE");
+      } else
+        lcpp_newerror(L, "protocol", "out of memory while parsing events", 0);
+      break;
+    case FAIL_BODY:
+      lua_pushfstring(L, "response body larger than %s bytes", lcpp_num(num, (double)t->maxbody));
+      lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
+      lua_remove(L, -2);
+      lcpp_setstring(L, "code", "BODY_TOO_LARGE");
+      break;
+    case FAIL_HEADERS:
+      lcpp_newerror(L, "protocol", "response header block too large", 0);
+      lcpp_setstring(L, "code", "HEADERS_TOO_LARGE");
+      break;
+    case FAIL_FIRSTBYTE: case FAIL_IDLE: {
+      int first = t->fail == FAIL_FIRSTBYTE;
+      lua_pushfstring(L, first ? "no reply within %s ms" : "no data for %s ms",
+                      lcpp_num(num, first ? t->first_byte_ms : t->idle_ms));
+      lcpp_newerror(L, "timeout", lua_tostring(L, -1), 1);
+      lua_remove(L, -2);
+      lcpp_setstring(L, "code", "OPERATION_TIMEDOUT");
+      lcpp_setstring(L, "phase", first ? "first_byte" : "idle");
+      break;
+    }
+    case FAIL_POLL:
+      lcpp_newerror(L, "network", "poll() failed", 1);
+      break;
+    case FAIL_HEADCUT:
+      lcpp_newerror(L, "network", "connection closed inside the header block", 1);
+      lcpp_setstring(L, "code", "PARTIAL_HEADERS");
+      break;
+    default:
+      lcpp_newerror(L, "network", "out of memory", 0);
+      break;
+  }
+  if (t->status > 0) lcpp_setinteger(L, "status", (lua_Integer)t->status);
 }
 
 /* }====== */

@@ -21,6 +21,14 @@
 
 #include <stddef.h>
 
+/* Not exported from llamacpp.core even where the build does not pass
+   -fvisibility=hidden (LuaRocks' builtin build): only luaopen_ is. */
+#if defined(__GNUC__) && !defined(_WIN32)
+#define LCPP_FRAME_API  __attribute__((visibility("hidden")))
+#else
+#define LCPP_FRAME_API
+#endif
+
 #define LCPP_SSE     0
 #define LCPP_NDJSON  1
 
@@ -56,18 +64,18 @@ typedef struct lcpp_frame {
 
 /* Initialise; max_event == 0 means the default (LCPP_FRAME_DEFAULT_MAX). */
 #define LCPP_FRAME_DEFAULT_MAX  (16u * 1024u * 1024u)
-void lcpp_frame_init (lcpp_frame *f, int mode, size_t max_event);
+LCPP_FRAME_API void lcpp_frame_init (lcpp_frame *f, int mode, size_t max_event);
 
 /* Release the buffers; the object may be initialised again afterwards. */
-void lcpp_frame_free (lcpp_frame *f);
+LCPP_FRAME_API void lcpp_frame_free (lcpp_frame *f);
 
 /*
 ** Feed n bytes. Calls emit for each event completed by these bytes, in
 ** order. Returns LCPP_FRAME_OK or an error; after an error every further
 ** call returns the same error without emitting.
 */
-int lcpp_frame_feed (lcpp_frame *f, const char *buf, size_t n,
-                     lcpp_emit_fn emit, void *ud);
+LCPP_FRAME_API int lcpp_frame_feed (lcpp_frame *f, const char *buf, size_t n,
+                                    lcpp_emit_fn emit, void *ud);
 
 /*
 ** End of input. NDJSON: a last line without its newline is emitted. SSE:
@@ -75,7 +83,7 @@ int lcpp_frame_feed (lcpp_frame *f, const char *buf, size_t n,
 ** LCPP_FRAME_OK. *pending (if not NULL) is set to 1 when bytes of an
 ** unfinished line or event were left over, else 0.
 */
-int lcpp_frame_finish (lcpp_frame *f, lcpp_emit_fn emit, void *ud,
-                       int *pending);
+LCPP_FRAME_API int lcpp_frame_finish (lcpp_frame *f, lcpp_emit_fn emit,
+                                      void *ud, int *pending);
 
 #endif

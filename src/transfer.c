@@ -1,30 +1,19 @@
 /*
-** transfer.c: HTTP transfers on libcurl's multi-socket API.
-**
-** A Session owns one CURLM handle: its connection cache is shared by every
-** Transfer opened on it, so keep-alive connections are reused. libcurl's
-** socket and timer callbacks only record what to watch; a Transfer's
-** next() waits with poll() on those sockets and drives the whole session
-** (events of the other transfers are queued, not lost).
+** transfer.c: one transfer's life. session:open builds it (options, the
+** easy handle, attached to the session's multi), libcurl's write and header
+** callbacks fill its queue or its body, our first-byte and idle deadlines
+** and libcurl's result end it, and its Lua methods (next, take, ready,
+** result, response, close) hand out what it got. multi.c waits on the
+** sockets; this file decides what is due and what has ended.
 **
 ** Callbacks never touch Lua (a Lua error would longjmp through libcurl):
 ** the write callback feeds the SSE/NDJSON parser, which appends events to
 ** the transfer's C queue; Lua sees them in next(), after libcurl returned.
 */
-#define _POSIX_C_SOURCE 200809L
-
-#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
-#ifdef __linux__
-#include <sys/epoll.h>
-#define LCPP_EPOLL 1
-#endif
 
 #include <curl/curl.h>
 
@@ -42,90 +31,11 @@
 
 #define FRAMING_NONE    (-1)
 
-/* failures found by us rather than by libcurl */
-#define FAIL_NONE       0
-#define FAIL_CANCEL     1    /* session closed under the transfer */
-#define FAIL_FRAME      2    /* parser error (oversized event, no memory) */
-#define FAIL_BODY       3    /* body over max_body */
-#define FAIL_HEADERS    4    /* header block over MAX_HEADERS */
-#define FAIL_FIRSTBYTE  5    /* first_byte_timeout */
-#define FAIL_IDLE       6    /* idle_timeout */
-#define FAIL_NOMEM      7
-#define FAIL_POLL       8
-#define FAIL_HEADCUT    9    /* closed before the header block ended */
-
 #define MAX_HEADERS     (256 * 1024)
 #define DEFAULT_MAXBODY (64u * 1024u * 1024u)
 /* a consumer that stops reading pauses its transfer instead of queueing
    without bound; it resumes once the queue is half drained */
 #define QUEUE_HIGH      (64 * 1024)
-
-
-typedef struct { char *p; size_t len, cap; } lcpp_buf;
-
-typedef struct Session Session;
-typedef struct Transfer Transfer;
-
-struct Session {
-  CURLM *multi;            /* NULL: closed */
-  Transfer *head;          /* transfers attached to multi */
-  struct pollfd *fds;      /* sockets libcurl asked us to watch */
-  unsigned *serials;       /* per fds[i]: changes when the socket is new */
-  Transfer **owners;       /* per fds[i]: the transfer using it, or NULL */
-  unsigned nextserial;
-  int nfds, capfds;
-  double timer_at;         /* libcurl's timer, monotonic ms; < 0: none */
-  int changed;             /* the socket set changed since sockets() */
-  CURL *pool[8];           /* easy handles of ended transfers, for reuse */
-  int npool;
-  int epfd;                /* epoll set mirroring fds, for event loops; -1 */
-};
-
-struct Transfer {
-  CURL *easy;              /* NULL: finished or closed */
-  Session *session;        /* non-NULL while attached to session->multi */
-  Session *home;           /* its session; alive while sref holds it */
-  Transfer *prev, *next;
-  int sref;                /* registry ref keeping the session alive */
-  int closed;              /* closed by the caller: next() raises */
-  int done;                /* libcurl (or we) ended the transfer */
-  int ended;               /* next() has returned the end or the error */
-  int paused;
-  int framing, mode, fail, gotbyte;
-  int headend;             /* the blank line closing the headers was seen */
-  CURLcode result;
-  long status;
-  struct curl_slist *headers;
-  char *body;              /* request body: CURLOPT_POSTFIELDS does not copy */
-  lcpp_frame frame;
-  lcpp_buf q;              /* queued events: [namelen][datalen][name][data] */
-  size_t qhead;
-  lcpp_buf raw;            /* body, when not framed */
-  lcpp_buf hdr;            /* header lines of the last response */
-  size_t maxbody;
-  char *tpl[3];            /* template of a plain event: head, mid, tail */
-  size_t tpllen[3];
-  double t0, tlast;        /* start, last byte (monotonic ms) */
-  double first_byte_ms, idle_ms, total_ms;
-  char errbuf[CURL_ERROR_SIZE];
-};
-
-
-double lcpp_now (void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-
-void lcpp_sleep (double ms) {
-  struct timespec ts;
-  if (!(ms > 0)) return;                 /* NaN too */
-  if (ms > 1e12) ms = 1e12;              /* ~31 years: time_t holds it */
-  ts.tv_sec = (time_t)(ms / 1e3);
-  ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) ;
-}
 
 
 /* {====== Buffers ====== */
@@ -244,125 +154,13 @@ static size_t lcpp_onheader (char *p, size_t size, size_t n, void *ud) {
 }
 
 
-/* Mirrors one socket's watch into the session's epoll set, if it has
-   one: an event loop then watches a single fd (session:fd()). */
-static void lcpp_epoll (Session *s, curl_socket_t fd, short events, int op) {
-#ifdef LCPP_EPOLL
-  struct epoll_event ev;
-  if (s->epfd < 0) return;
-  memset(&ev, 0, sizeof ev);
-  ev.events = ((events & POLLIN) ? EPOLLIN : 0) | ((events & POLLOUT) ? EPOLLOUT : 0);
-  ev.data.fd = fd;
-  if (epoll_ctl(s->epfd, op, fd, &ev) != 0 && op == EPOLL_CTL_MOD)
-    epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
-#else
-  (void)s; (void)fd; (void)events; (void)op;
-#endif
-}
-
-#ifndef LCPP_EPOLL
-#define EPOLL_CTL_ADD 1
-#define EPOLL_CTL_DEL 2
-#define EPOLL_CTL_MOD 3
-#endif
-
-
-static void lcpp_unwatch (Session *s, curl_socket_t fd) {
-  int i;
-  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
-  if (i < s->nfds) {
-    lcpp_epoll(s, fd, 0, EPOLL_CTL_DEL);
-    s->nfds--;
-    s->fds[i] = s->fds[s->nfds];
-    s->serials[i] = s->serials[s->nfds];
-    s->owners[i] = s->owners[s->nfds];
-    s->changed = 1;
-  }
-}
-
-
-static int lcpp_onsocket (CURL *e, curl_socket_t fd, int what, void *ud,
-                          void *sp) {
-  Session *s = (Session *)ud;
-  int i;
-  (void)sp;
-  if (what == CURL_POLL_REMOVE) {
-    lcpp_unwatch(s, fd);
-    return 0;
-  }
-  s->changed = 1;
-  for (i = 0; i < s->nfds && s->fds[i].fd != fd; i++) ;
-  if (i == s->nfds) {
-    if (s->nfds == s->capfds) {
-      int cap = s->capfds ? 2 * s->capfds : 8;
-      struct pollfd *p = (struct pollfd *)realloc(s->fds, cap * sizeof *p);
-      unsigned *u;
-      Transfer **o;
-      if (p == NULL) return -1;
-      s->fds = p;
-      u = (unsigned *)realloc(s->serials, cap * sizeof *u);
-      if (u == NULL) return -1;
-      s->serials = u;
-      o = (Transfer **)realloc(s->owners, cap * sizeof *o);
-      if (o == NULL) return -1;
-      s->owners = o;
-      s->capfds = cap;
-    }
-    s->fds[s->nfds].fd = fd;
-    /* a closed socket's number is soon reused: an event loop must know
-       the socket is a new one to watch it anew */
-    s->serials[s->nfds++] = ++s->nextserial;
-  }
-  s->fds[i].events = (short)(((what & CURL_POLL_IN) ? POLLIN : 0) |
-                             ((what & CURL_POLL_OUT) ? POLLOUT : 0));
-  s->fds[i].revents = 0;
-  {
-    char *owner = NULL;
-    curl_easy_getinfo(e, CURLINFO_PRIVATE, &owner);
-    s->owners[i] = (Transfer *)(void *)owner;
-  }
-  lcpp_epoll(s, fd, s->fds[i].events, EPOLL_CTL_MOD);
-  return 0;
-}
-
-
-/* libcurl does not always say CURL_POLL_REMOVE before it closes a socket
-   (a connect that fails at once): an fd must never stay watched once
-   closed, or an event loop polls a dead or, worse, a reused number. */
-static int lcpp_onclose (void *ud, curl_socket_t fd) {
-  lcpp_unwatch((Session *)ud, fd);
-  return close(fd);
-}
-
-
-static int lcpp_ontimer (CURLM *m, long ms, void *ud) {
-  Session *s = (Session *)ud;
-  (void)m;
-  s->timer_at = ms < 0 ? -1.0 : lcpp_now() + (double)ms;
-  return 0;
-}
-
 /* }====== */
 
 
-/* {====== Driving a session ====== */
-
-static void lcpp_detach (Transfer *t) {
-  Session *s = t->session;
-  int i;
-  if (s == NULL) return;
-  curl_multi_remove_handle(s->multi, t->easy);
-  for (i = 0; i < s->nfds; i++)
-    if (s->owners[i] == t) s->owners[i] = NULL;
-  if (t->prev) t->prev->next = t->next; else s->head = t->next;
-  if (t->next) t->next->prev = t->prev;
-  t->prev = t->next = NULL;
-  t->session = NULL;
-}
-
+/* {====== Its end, and what is due ====== */
 
 /* The transfer is over, well or not: stop it and flush the parser. */
-static void lcpp_finish (Transfer *t, CURLcode result, int fail) {
+void lcpp_finish (Transfer *t, CURLcode result, int fail) {
   if (t->done) return;
   t->done = 1;
   t->result = result;
@@ -399,7 +197,7 @@ static double lcpp_deadline (Transfer *t) {
 }
 
 
-static double lcpp_earliest (Session *s) {
+double lcpp_earliest (Session *s) {
   double at = s->timer_at;
   Transfer *t;
   for (t = s->head; t != NULL; t = t->next) {
@@ -422,75 +220,238 @@ static void lcpp_expire (Session *s, double now) {
 }
 
 
-/* Bytes arrived on fd: whatever they are (chunk framing too, which
-   libcurl's callbacks never show), its transfer is not idle. */
-static void lcpp_activity (Session *s, curl_socket_t fd) {
-  int i;
-  for (i = 0; i < s->nfds; i++) {
-    if (s->fds[i].fd == fd) {
-      if (s->owners[i] != NULL) s->owners[i]->tlast = lcpp_now();
-      return;
-    }
-  }
-}
-
-
 /* What is due once sockets were served: libcurl's timer, our timeouts,
    and the transfers libcurl finished. */
-static void lcpp_timers (Session *s) {
-  double now = lcpp_now();
-  if (s->timer_at >= 0 && now >= s->timer_at) {
-    int running;
-    s->timer_at = -1;
-    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  }
+void lcpp_timers (Session *s) {
+  lcpp_multi_timer(s);
   lcpp_reap(s);
   lcpp_expire(s, lcpp_now());
 }
 
 
 /*
-** Waits at most wait_ms (< 0: until something happens) for a socket or a
-** timer, and lets libcurl do what is ready. Returns 0, or -1 when poll()
-** failed (errno set).
+** Waits at most wait_ms (< 0: until something happens) for a socket, a
+** timer or a deadline of ours, and lets libcurl do what is ready. Returns
+** 0, or -1 when poll() failed (errno set).
 */
-static int lcpp_step (Session *s, double wait_ms) {
-  struct pollfd ready[16];
+int lcpp_step (Session *s, double wait_ms) {
   double at = lcpp_earliest(s), now = lcpp_now();
-  int n, i, nready, ms;
   if (at >= 0) {
     double d = at > now ? at - now : 0;
     if (wait_ms < 0 || d < wait_ms) wait_ms = d;
   }
-  if (wait_ms < 0 && s->nfds == 0) wait_ms = 1000;   /* cannot happen; be safe */
-  if (wait_ms > 86400000.0) wait_ms = 86400000.0;   /* a day: the loop goes on */
-  ms = wait_ms < 0 ? -1 : (int)wait_ms + ((double)(int)wait_ms < wait_ms);
-  n = poll(s->fds, (nfds_t)s->nfds, ms);
-  if (n < 0 && errno != EINTR) return -1;
-  while (n > 0) {
-    /* libcurl's callbacks change s->fds while we act: copy a batch first */
-    for (i = 0, nready = 0; i < s->nfds && nready < 16; i++) {
-      if (s->fds[i].revents) {
-        ready[nready++] = s->fds[i];
-        s->fds[i].revents = 0;
-      }
-    }
-    if (nready == 0) break;
-    for (i = 0; i < nready; i++) {
-      int flags = 0, running;
-      short r = ready[i].revents;
-      if (r & (POLLIN | POLLHUP)) {
-        flags |= CURL_CSELECT_IN;
-        lcpp_activity(s, ready[i].fd);
-      }
-      if (r & POLLOUT) flags |= CURL_CSELECT_OUT;
-      if (r & (POLLERR | POLLNVAL)) flags |= CURL_CSELECT_ERR;
-      curl_multi_socket_action(s->multi, ready[i].fd, flags, &running);
-    }
-    n -= nready;
-  }
+  if (lcpp_multi_wait(s, wait_ms) < 0) return -1;
   lcpp_timers(s);
   return 0;
+}
+
+/* }====== */
+
+
+/* {====== Opening ====== */
+
+/* Above any timeout (about 31 years in ms) or size we can honour, and
+   below LONG_MAX of 64-bit longs and SIZE_MAX: see lcpp_tolong. */
+#define LCPP_MAXOPT 1e12
+
+
+static long lcpp_tolong (double v) {
+  return v >= (double)LONG_MAX ? LONG_MAX : (long)v;
+}
+
+
+static size_t lcpp_tosize (double v) {
+  return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
+}
+
+
+/* Reads opts[k] as a number of milliseconds; 0 or absent means none. */
+static double lcpp_optms (lua_State *L, int opts, const char *k) {
+  double v;
+  lua_getfield(L, opts, k);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
+  if (!lua_isnumber(L, -1)) luaL_error(L, "option '%s' must be a number", k);
+  v = (double)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (v != v) luaL_error(L, "option '%s' is NaN", k);
+  if (v < 0) luaL_error(L, "option '%s' must not be negative", k);
+  /* huge values (math.huge too) mean no limit in practice: clamp them
+     where a conversion to an integer type would overflow */
+  return v > LCPP_MAXOPT ? LCPP_MAXOPT : v;
+}
+
+
+static const char *lcpp_optstr (lua_State *L, int opts, const char *k,
+                                size_t *len) {
+  const char *s = NULL;
+  lua_getfield(L, opts, k);
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "option '%s' must be a string", k);
+    s = lua_tolstring(L, -1, len);
+  }
+  lua_pop(L, 1);   /* still referenced by opts */
+  return s;
+}
+
+
+static int lcpp_optbool (lua_State *L, int opts, const char *k) {
+  int b;
+  lua_getfield(L, opts, k);
+  b = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
+
+/* A header line is refused if it carries CR, LF or NUL: those would let
+   a value smuggle another header or request into the connection. */
+static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
+  int i, n;
+  lua_getfield(L, opts, "headers");
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  luaL_argcheck(L, lua_istable(L, -1), 2, "option 'headers' must be a table");
+  n = (int)lua_rawlen(L, -1);
+  for (i = 1; i <= n; i++) {
+    size_t len, j;
+    const char *h;
+    struct curl_slist *l;
+    lua_rawgeti(L, -1, i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "header %d must be a string", i);
+    h = lua_tolstring(L, -1, &len);
+    for (j = 0; j < len; j++)
+      if (h[j] == '\r' || h[j] == '\n' || h[j] == '\0')
+        luaL_error(L, "header %d contains CR, LF or NUL", i);
+    l = curl_slist_append(t->headers, h);
+    if (l == NULL) luaL_error(L, "out of memory");
+    t->headers = l;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+
+#define SETOPT(o, v)  if (curl_easy_setopt(t->easy, o, v) != CURLE_OK) \
+                        return luaL_error(L, "cannot set " #o)
+
+/*
+** session:open{url=, method=, headers={"Name: value", ...}, body=,
+** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
+** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
+** ca_file=, ca_path=, insecure=, follow=, template={head, mid, tail}}
+** -> Transfer (already started). See lcpp_plain (fastpath.c) for the template.
+** s is the open Session at index 1 (session.c checked it).
+*/
+int lcpp_transfer_new (lua_State *L, Session *s) {
+  Transfer *t;
+  const char *url, *method, *fr, *str;
+  size_t bodylen = 0;
+  double v;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  t = (Transfer *)lua_newuserdata(L, sizeof *t);   /* s, opts, t */
+  memset(t, 0, sizeof *t);
+  t->sref = LUA_NOREF;
+  t->framing = FRAMING_NONE;
+  t->t0 = t->tlast = lcpp_now();
+  luaL_getmetatable(L, LCPP_TRANSFER_MT);
+  lua_setmetatable(L, -2);
+  url = lcpp_optstr(L, 2, "url", NULL);
+  luaL_argcheck(L, url != NULL, 2, "option 'url' is required");
+  fr = lcpp_optstr(L, 2, "framing", NULL);
+  if (fr != NULL) {
+    if (strcmp(fr, "sse") == 0) t->framing = LCPP_SSE;
+    else if (strcmp(fr, "ndjson") == 0) t->framing = LCPP_NDJSON;
+    else luaL_argerror(L, 2, "option 'framing' must be \"sse\" or \"ndjson\"");
+  }
+  v = lcpp_optms(L, 2, "max_event");
+  lcpp_frame_init(&t->frame, t->framing == LCPP_NDJSON ? LCPP_NDJSON : LCPP_SSE,
+                  lcpp_tosize(v));
+  v = lcpp_optms(L, 2, "max_body");
+  t->maxbody = v > 0 ? lcpp_tosize(v) : DEFAULT_MAXBODY;
+  t->first_byte_ms = lcpp_optms(L, 2, "first_byte_timeout");
+  t->idle_ms = lcpp_optms(L, 2, "idle_timeout");
+  t->total_ms = lcpp_optms(L, 2, "timeout");
+  lcpp_setheaders(L, 2, t);
+  str = lcpp_optstr(L, 2, "body", &bodylen);
+  if (str != NULL) {
+    t->body = (char *)malloc(bodylen ? bodylen : 1);
+    if (t->body == NULL) return luaL_error(L, "out of memory");
+    memcpy(t->body, str, bodylen);
+  }
+  lua_getfield(L, 2, "template");
+  if (!lua_isnil(L, -1)) {
+    int i;
+    luaL_argcheck(L, lua_istable(L, -1), 2, "option 'template' must be a table");
+    for (i = 0; i < 3; i++) {
+      size_t len;
+      const char *part;
+      lua_rawgeti(L, -1, i + 1);
+      part = lua_tolstring(L, -1, &len);
+      if (part == NULL || len == 0)
+        luaL_argerror(L, 2, "option 'template' must hold 3 non-empty strings");
+      t->tpl.part[i] = (char *)malloc(len);
+      if (t->tpl.part[i] == NULL) return luaL_error(L, "out of memory");
+      memcpy(t->tpl.part[i], part, len);
+      t->tpl.len[i] = len;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  method = lcpp_optstr(L, 2, "method", NULL);
+  t->easy = s->npool > 0 ? s->pool[--s->npool] : curl_easy_init();
+  if (t->easy == NULL) return luaL_error(L, "curl_easy_init failed");
+  t->home = s;
+  SETOPT(CURLOPT_URL, url);
+  SETOPT(CURLOPT_PRIVATE, (void *)t);
+  SETOPT(CURLOPT_ERRORBUFFER, t->errbuf);
+  SETOPT(CURLOPT_NOSIGNAL, 1L);
+  SETOPT(CURLOPT_WRITEFUNCTION, lcpp_onwrite);
+  SETOPT(CURLOPT_WRITEDATA, (void *)t);
+  SETOPT(CURLOPT_HEADERFUNCTION, lcpp_onheader);
+  SETOPT(CURLOPT_HEADERDATA, (void *)t);
+  SETOPT(CURLOPT_CLOSESOCKETFUNCTION, lcpp_onclose);
+  SETOPT(CURLOPT_CLOSESOCKETDATA, (void *)s);
+  SETOPT(CURLOPT_TCP_NODELAY, 1L);
+  SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+  SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  SETOPT(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  SETOPT(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  if (t->headers) SETOPT(CURLOPT_HTTPHEADER, t->headers);
+  if (t->body != NULL) {
+    SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+    SETOPT(CURLOPT_POSTFIELDS, t->body);
+  }
+  if (method != NULL && strcmp(method, t->body ? "POST" : "GET") != 0)
+    SETOPT(CURLOPT_CUSTOMREQUEST, method);
+  if (t->total_ms > 0) SETOPT(CURLOPT_TIMEOUT_MS, lcpp_tolong(t->total_ms));
+  v = lcpp_optms(L, 2, "connect_timeout");
+  if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, lcpp_tolong(v));
+  if ((str = lcpp_optstr(L, 2, "proxy", NULL)) != NULL) SETOPT(CURLOPT_PROXY, str);
+  if ((str = lcpp_optstr(L, 2, "ca_file", NULL)) != NULL) SETOPT(CURLOPT_CAINFO, str);
+  if ((str = lcpp_optstr(L, 2, "ca_path", NULL)) != NULL) SETOPT(CURLOPT_CAPATH, str);
+  if (lcpp_optbool(L, 2, "insecure")) {
+    SETOPT(CURLOPT_SSL_VERIFYPEER, 0L);
+    SETOPT(CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if (lcpp_optbool(L, 2, "follow")) {
+    SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
+    SETOPT(CURLOPT_MAXREDIRS, 5L);
+    /* a chat is a POST: keep it one after 301/302/303 (libcurl's default
+       turns it into a body-less GET, as old browsers did) */
+    SETOPT(CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
+  }
+  if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
+    SETOPT(CURLOPT_USERAGENT, str);
+  if (lcpp_attach(s, t) != 0)
+    return luaL_error(L, "curl_multi_add_handle failed");
+  lua_pushvalue(L, 1);                   /* s, opts, t, s */
+  t->sref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
 }
 
 /* }====== */
@@ -533,8 +494,8 @@ static void lcpp_release (Transfer *t) {
   lcpp_buffree(&t->q);
   t->qhead = 0;
   for (i = 0; i < 3; i++) {
-    free(t->tpl[i]);
-    t->tpl[i] = NULL;
+    free(t->tpl.part[i]);
+    t->tpl.part[i] = NULL;
   }
 }
 
@@ -558,127 +519,14 @@ static int transfer_close (lua_State *L) {
 }
 
 
-static int lcpp_hex4 (const char *p, const char *end, unsigned *v) {
-  int i;
-  *v = 0;
-  if (end - p < 4) return 0;
-  for (i = 0; i < 4; i++) {
-    char c = p[i];
-    *v <<= 4;
-    if (c >= '0' && c <= '9') *v |= (unsigned)(c - '0');
-    else if (c >= 'a' && c <= 'f') *v |= (unsigned)(c - 'a' + 10);
-    else if (c >= 'A' && c <= 'F') *v |= (unsigned)(c - 'A' + 10);
-    else return 0;
-  }
-  return 1;
-}
-
-
-/* Decodes the JSON string body at p (up to its closing quote, before end)
-   into b, and returns the position of that quote; NULL if malformed. */
-static const char *lcpp_jstring (luaL_Buffer *b, const char *p,
-                                 const char *end) {
-  while (p < end) {
-    const char *q = p;
-    while (q < end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
-    luaL_addlstring(b, p, (size_t)(q - p));
-    if (q == end || (unsigned char)*q < 0x20) return NULL;
-    if (*q == '"') return q;
-    if (q + 1 >= end) return NULL;
-    switch (q[1]) {                                  /* an escape */
-      case '"': luaL_addchar(b, '"'); break;
-      case '\\': luaL_addchar(b, '\\'); break;
-      case '/': luaL_addchar(b, '/'); break;
-      case 'b': luaL_addchar(b, '\b'); break;
-      case 'f': luaL_addchar(b, '\f'); break;
-      case 'n': luaL_addchar(b, '\n'); break;
-      case 'r': luaL_addchar(b, '\r'); break;
-      case 't': luaL_addchar(b, '\t'); break;
-      case 'u': {
-        unsigned u, lo;
-        char utf[4];
-        int n;
-        if (!lcpp_hex4(q + 2, end, &u)) return NULL;
-        q += 4;
-        if (u >= 0xD800 && u <= 0xDBFF) {            /* a surrogate pair */
-          if (end - q < 8 || q[2] != '\\' || q[3] != 'u' ||
-              !lcpp_hex4(q + 4, end, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-            return NULL;
-          u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-          q += 6;
-        } else if (u >= 0xDC00 && u <= 0xDFFF)
-          return NULL;
-        if (u < 0x80) { utf[0] = (char)u; n = 1; }
-        else if (u < 0x800) {
-          utf[0] = (char)(0xC0 | (u >> 6)); utf[1] = (char)(0x80 | (u & 0x3F)); n = 2;
-        } else if (u < 0x10000) {
-          utf[0] = (char)(0xE0 | (u >> 12)); utf[1] = (char)(0x80 | ((u >> 6) & 0x3F));
-          utf[2] = (char)(0x80 | (u & 0x3F)); n = 3;
-        } else {
-          utf[0] = (char)(0xF0 | (u >> 18)); utf[1] = (char)(0x80 | ((u >> 12) & 0x3F));
-          utf[2] = (char)(0x80 | ((u >> 6) & 0x3F)); utf[3] = (char)(0x80 | (u & 0x3F)); n = 4;
-        }
-        luaL_addlstring(b, utf, (size_t)n);
-        break;
-      }
-      default: return NULL;
-    }
-    p = q + 2;
-  }
-  return NULL;
-}
-
-
-/*
-** The template (Lua's policy, given at open): an event of the exact shape
-** head <json string body> mid ... tail, where mid starts with the string's
-** closing quote and the part after mid holds no '{' or '[', is pushed as
-** the string's value alone: the hot path of a token stream is then one
-** short string and no JSON decode in Lua. Returns 1 with the value pushed,
-** 0 with the stack as it was when the event has another shape.
-*/
-static int lcpp_plain (lua_State *L, Transfer *t, const char *d, size_t n) {
-  const char *body, *end, *q, *rest;
-  size_t hl = t->tpllen[0], ml = t->tpllen[1], tl = t->tpllen[2];
-  luaL_Buffer b;
-  if (n < hl + ml + tl || memcmp(d, t->tpl[0], hl) != 0 ||
-      memcmp(d + n - tl, t->tpl[2], tl) != 0)
-    return 0;
-  body = d + hl;
-  end = d + n - tl;
-  q = (const char *)memchr(body, '"', (size_t)(end - body));
-  if (q == NULL || (size_t)(end - q) < ml || memcmp(q, t->tpl[1], ml) != 0 ||
-      memchr(body, '\\', (size_t)(q - body)) != NULL) {
-    /* not the plain case: the text may hold escapes */
-    luaL_buffinit(L, &b);
-    q = lcpp_jstring(&b, body, end);
-    if (q == NULL || (size_t)(end - q) < ml || memcmp(q, t->tpl[1], ml) != 0) {
-      luaL_pushresult(&b);
-      lua_pop(L, 1);
-      return 0;
-    }
-  } else {
-    luaL_buffinit(L, &b);
-    luaL_addlstring(&b, body, (size_t)(q - body));
-  }
-  rest = q + ml;
-  if (memchr(rest, '{', (size_t)(end - rest)) || memchr(rest, '[', (size_t)(end - rest))) {
-    luaL_pushresult(&b);
-    lua_pop(L, 1);
-    return 0;
-  }
-  luaL_pushresult(&b);
-  return 1;
-}
-
-
 /* Pushes the next queued event: data, name (nil for the default), or for
    an event matching the template: its text, true. */
 static int lcpp_pop (lua_State *L, Transfer *t) {
   size_t h[2];
   const char *p = t->q.p + t->qhead;
   memcpy(h, p, sizeof h);
-  if (h[0] == 0 && t->tpl[0] != NULL && lcpp_plain(L, t, p + sizeof h, h[1]))
+  if (h[0] == 0 && t->tpl.part[0] != NULL &&
+      lcpp_plain(L, &t->tpl, p + sizeof h, h[1]))
     lua_pushboolean(L, 1);
   else {
     lua_pushlstring(L, p + sizeof h + h[0], h[1]);           /* data */
@@ -702,84 +550,18 @@ static int lcpp_pop (lua_State *L, Transfer *t) {
 }
 
 
-static const char *lcpp_timeoutphase (Transfer *t) {
-  double elapsed = lcpp_now() - t->t0;
-  if (t->total_ms > 0 && elapsed + 5 >= t->total_ms) return "total";
-  return t->gotbyte ? "total" : "connect";
-}
-
-
-/* A whole number as text on every Lua (5.4's %f would add ".0"). */
-static const char *lcpp_num (char *buf, double v) {
-  snprintf(buf, 32, "%.0f", v);
-  return buf;
-}
-
-
 /* The transfer is done and its queue empty: push the end (nothing) or
    the error, and release what libcurl held. */
 static int lcpp_end (lua_State *L, Transfer *t) {
-  char num[32];
-  int retry = 0;
-  const char *kind;
   t->ended = 1;
-  switch (t->fail) {
-    case FAIL_NONE:
-      if (t->result == CURLE_OK) { lcpp_release(t); return 0; }
-      kind = lcpp_curlkind(t->result, &retry);
-      lcpp_newerror(L, kind, t->errbuf[0] ? t->errbuf
-                    : curl_easy_strerror(t->result), retry);
-      lcpp_setstring(L, "code", lcpp_curlname(t->result));
-      if (t->result == CURLE_OPERATION_TIMEDOUT)
-        lcpp_setstring(L, "phase", lcpp_timeoutphase(t));
-      break;
-    case FAIL_CANCEL:
-      lcpp_newerror(L, "cancelled", "the session was closed", 0);
-      break;
-    case FAIL_FRAME:
-      if (t->frame.error == LCPP_FRAME_EOVERSIZE) {
-        lua_pushfstring(L, "event larger than %s bytes", lcpp_num(num, (double)t->frame.max_event));
-        lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
-        lua_remove(L, -2);
-        lcpp_setstring(L, "code", "EVENT_TOO_LARGE");
-      } else
-        lcpp_newerror(L, "protocol", "out of memory while parsing events", 0);
-      break;
-    case FAIL_BODY:
-      lua_pushfstring(L, "response body larger than %s bytes", lcpp_num(num, (double)t->maxbody));
-      lcpp_newerror(L, "protocol", lua_tostring(L, -1), 0);
-      lua_remove(L, -2);
-      lcpp_setstring(L, "code", "BODY_TOO_LARGE");
-      break;
-    case FAIL_HEADERS:
-      lcpp_newerror(L, "protocol", "response header block too large", 0);
-      lcpp_setstring(L, "code", "HEADERS_TOO_LARGE");
-      break;
-    case FAIL_FIRSTBYTE: case FAIL_IDLE: {
-      int first = t->fail == FAIL_FIRSTBYTE;
-      lua_pushfstring(L, first ? "no reply within %s ms" : "no data for %s ms",
-                      lcpp_num(num, first ? t->first_byte_ms : t->idle_ms));
-      lcpp_newerror(L, "timeout", lua_tostring(L, -1), 1);
-      lua_remove(L, -2);
-      lcpp_setstring(L, "code", "OPERATION_TIMEDOUT");
-      lcpp_setstring(L, "phase", first ? "first_byte" : "idle");
-      break;
-    }
-    case FAIL_POLL:
-      lcpp_newerror(L, "network", "poll() failed", 1);
-      break;
-    case FAIL_HEADCUT:
-      lcpp_newerror(L, "network", "connection closed inside the header block", 1);
-      lcpp_setstring(L, "code", "PARTIAL_HEADERS");
-      break;
-    default:
-      lcpp_newerror(L, "network", "out of memory", 0);
-      break;
+  if (t->fail == FAIL_NONE && t->result == CURLE_OK) {
+    lcpp_release(t);
+    return 0;
   }
-  if (t->status > 0) lcpp_setinteger(L, "status", (lua_Integer)t->status);
+  lcpp_pushfailure(L, t);                                 /* err */
   lcpp_release(t);
   lua_pushnil(L);
-  lua_insert(L, -2);
+  lua_insert(L, -2);                                      /* nil, err */
   return 2;
 }
 
@@ -909,396 +691,8 @@ static int transfer_tostring (lua_State *L) {
 /* }====== */
 
 
-/* {====== Session ====== */
-
-static Session *checksession (lua_State *L, int i) {
-  Session *s = (Session *)luaL_checkudata(L, i, LCPP_SESSION_MT);
-  luaL_argcheck(L, s->multi != NULL, i, "session is closed");
-  return s;
-}
-
-
-int lcpp_session_new (lua_State *L) {
-  Session *s = (Session *)lua_newuserdata(L, sizeof *s);
-  memset(s, 0, sizeof *s);
-  s->timer_at = -1;
-  s->epfd = -1;
-  luaL_getmetatable(L, LCPP_SESSION_MT);
-  lua_setmetatable(L, -2);
-  s->multi = curl_multi_init();
-  if (s->multi == NULL) return luaL_error(L, "curl_multi_init failed");
-  curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, lcpp_onsocket);
-  curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
-  curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, lcpp_ontimer);
-  curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
-  return 1;
-}
-
-
-/* close and __gc: transfers still running end with a "cancelled" error. */
-static int session_close (lua_State *L) {
-  Session *s = (Session *)luaL_checkudata(L, 1, LCPP_SESSION_MT);
-  if (s->multi == NULL) return 0;
-  while (s->head != NULL)
-    lcpp_finish(s->head, CURLE_OK, FAIL_CANCEL);
-  while (s->npool > 0)
-    curl_easy_cleanup(s->pool[--s->npool]);
-  curl_multi_cleanup(s->multi);
-  if (s->epfd >= 0) close(s->epfd);
-  s->epfd = -1;
-  s->multi = NULL;
-  free(s->fds);
-  free(s->serials);
-  free(s->owners);
-  s->fds = NULL;
-  s->serials = NULL;
-  s->owners = NULL;
-  s->nfds = s->capfds = 0;
-  return 0;
-}
-
-
-/* Above any timeout (about 31 years in ms) or size we can honour, and
-   below LONG_MAX of 64-bit longs and SIZE_MAX: see lcpp_tolong. */
-#define LCPP_MAXOPT 1e12
-
-
-static long lcpp_tolong (double v) {
-  return v >= (double)LONG_MAX ? LONG_MAX : (long)v;
-}
-
-
-static size_t lcpp_tosize (double v) {
-  return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
-}
-
-
-/* Reads opts[k] as a number of milliseconds; 0 or absent means none. */
-static double lcpp_optms (lua_State *L, int opts, const char *k) {
-  double v;
-  lua_getfield(L, opts, k);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
-  if (!lua_isnumber(L, -1)) luaL_error(L, "option '%s' must be a number", k);
-  v = (double)lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  if (v != v) luaL_error(L, "option '%s' is NaN", k);
-  if (v < 0) luaL_error(L, "option '%s' must not be negative", k);
-  /* huge values (math.huge too) mean no limit in practice: clamp them
-     where a conversion to an integer type would overflow */
-  return v > LCPP_MAXOPT ? LCPP_MAXOPT : v;
-}
-
-
-static const char *lcpp_optstr (lua_State *L, int opts, const char *k,
-                                size_t *len) {
-  const char *s = NULL;
-  lua_getfield(L, opts, k);
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "option '%s' must be a string", k);
-    s = lua_tolstring(L, -1, len);
-  }
-  lua_pop(L, 1);   /* still referenced by opts */
-  return s;
-}
-
-
-static int lcpp_optbool (lua_State *L, int opts, const char *k) {
-  int b;
-  lua_getfield(L, opts, k);
-  b = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return b;
-}
-
-
-/* A header line is refused if it carries CR, LF or NUL: those would let
-   a value smuggle another header or request into the connection. */
-static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
-  int i, n;
-  lua_getfield(L, opts, "headers");
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
-  luaL_argcheck(L, lua_istable(L, -1), 2, "option 'headers' must be a table");
-  n = (int)lua_rawlen(L, -1);
-  for (i = 1; i <= n; i++) {
-    size_t len, j;
-    const char *h;
-    struct curl_slist *l;
-    lua_rawgeti(L, -1, i);
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "header %d must be a string", i);
-    h = lua_tolstring(L, -1, &len);
-    for (j = 0; j < len; j++)
-      if (h[j] == '\r' || h[j] == '\n' || h[j] == '\0')
-        luaL_error(L, "header %d contains CR, LF or NUL", i);
-    l = curl_slist_append(t->headers, h);
-    if (l == NULL) luaL_error(L, "out of memory");
-    t->headers = l;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-}
-
-
-#define SETOPT(o, v)  if (curl_easy_setopt(t->easy, o, v) != CURLE_OK) \
-                        return luaL_error(L, "cannot set " #o)
-
-/*
-** session:open{url=, method=, headers={"Name: value", ...}, body=,
-** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
-** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
-** ca_file=, ca_path=, insecure=, follow=, template={head, mid, tail}}
-** -> Transfer (already started). See lcpp_plain for the template.
-*/
-static int session_open (lua_State *L) {
-  Session *s = checksession(L, 1);
-  Transfer *t;
-  const char *url, *method, *fr, *str;
-  size_t bodylen = 0;
-  double v;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  t = (Transfer *)lua_newuserdata(L, sizeof *t);   /* s, opts, t */
-  memset(t, 0, sizeof *t);
-  t->sref = LUA_NOREF;
-  t->framing = FRAMING_NONE;
-  t->t0 = t->tlast = lcpp_now();
-  luaL_getmetatable(L, LCPP_TRANSFER_MT);
-  lua_setmetatable(L, -2);
-  url = lcpp_optstr(L, 2, "url", NULL);
-  luaL_argcheck(L, url != NULL, 2, "option 'url' is required");
-  fr = lcpp_optstr(L, 2, "framing", NULL);
-  if (fr != NULL) {
-    if (strcmp(fr, "sse") == 0) t->framing = LCPP_SSE;
-    else if (strcmp(fr, "ndjson") == 0) t->framing = LCPP_NDJSON;
-    else luaL_argerror(L, 2, "option 'framing' must be \"sse\" or \"ndjson\"");
-  }
-  v = lcpp_optms(L, 2, "max_event");
-  lcpp_frame_init(&t->frame, t->framing == LCPP_NDJSON ? LCPP_NDJSON : LCPP_SSE,
-                  lcpp_tosize(v));
-  v = lcpp_optms(L, 2, "max_body");
-  t->maxbody = v > 0 ? lcpp_tosize(v) : DEFAULT_MAXBODY;
-  t->first_byte_ms = lcpp_optms(L, 2, "first_byte_timeout");
-  t->idle_ms = lcpp_optms(L, 2, "idle_timeout");
-  t->total_ms = lcpp_optms(L, 2, "timeout");
-  lcpp_setheaders(L, 2, t);
-  str = lcpp_optstr(L, 2, "body", &bodylen);
-  if (str != NULL) {
-    t->body = (char *)malloc(bodylen ? bodylen : 1);
-    if (t->body == NULL) return luaL_error(L, "out of memory");
-    memcpy(t->body, str, bodylen);
-  }
-  lua_getfield(L, 2, "template");
-  if (!lua_isnil(L, -1)) {
-    int i;
-    luaL_argcheck(L, lua_istable(L, -1), 2, "option 'template' must be a table");
-    for (i = 0; i < 3; i++) {
-      size_t len;
-      const char *part;
-      lua_rawgeti(L, -1, i + 1);
-      part = lua_tolstring(L, -1, &len);
-      if (part == NULL || len == 0)
-        luaL_argerror(L, 2, "option 'template' must hold 3 non-empty strings");
-      t->tpl[i] = (char *)malloc(len);
-      if (t->tpl[i] == NULL) return luaL_error(L, "out of memory");
-      memcpy(t->tpl[i], part, len);
-      t->tpllen[i] = len;
-      lua_pop(L, 1);
-    }
-  }
-  lua_pop(L, 1);
-  method = lcpp_optstr(L, 2, "method", NULL);
-  t->easy = s->npool > 0 ? s->pool[--s->npool] : curl_easy_init();
-  if (t->easy == NULL) return luaL_error(L, "curl_easy_init failed");
-  t->home = s;
-  SETOPT(CURLOPT_URL, url);
-  SETOPT(CURLOPT_PRIVATE, (void *)t);
-  SETOPT(CURLOPT_ERRORBUFFER, t->errbuf);
-  SETOPT(CURLOPT_NOSIGNAL, 1L);
-  SETOPT(CURLOPT_WRITEFUNCTION, lcpp_onwrite);
-  SETOPT(CURLOPT_WRITEDATA, (void *)t);
-  SETOPT(CURLOPT_HEADERFUNCTION, lcpp_onheader);
-  SETOPT(CURLOPT_HEADERDATA, (void *)t);
-  SETOPT(CURLOPT_CLOSESOCKETFUNCTION, lcpp_onclose);
-  SETOPT(CURLOPT_CLOSESOCKETDATA, (void *)s);
-  SETOPT(CURLOPT_TCP_NODELAY, 1L);
-  SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
-#if LIBCURL_VERSION_NUM >= 0x075500
-  SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
-  SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-#else
-  SETOPT(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-  SETOPT(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  if (t->headers) SETOPT(CURLOPT_HTTPHEADER, t->headers);
-  if (t->body != NULL) {
-    SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
-    SETOPT(CURLOPT_POSTFIELDS, t->body);
-  }
-  if (method != NULL && strcmp(method, t->body ? "POST" : "GET") != 0)
-    SETOPT(CURLOPT_CUSTOMREQUEST, method);
-  if (t->total_ms > 0) SETOPT(CURLOPT_TIMEOUT_MS, lcpp_tolong(t->total_ms));
-  v = lcpp_optms(L, 2, "connect_timeout");
-  if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, lcpp_tolong(v));
-  if ((str = lcpp_optstr(L, 2, "proxy", NULL)) != NULL) SETOPT(CURLOPT_PROXY, str);
-  if ((str = lcpp_optstr(L, 2, "ca_file", NULL)) != NULL) SETOPT(CURLOPT_CAINFO, str);
-  if ((str = lcpp_optstr(L, 2, "ca_path", NULL)) != NULL) SETOPT(CURLOPT_CAPATH, str);
-  if (lcpp_optbool(L, 2, "insecure")) {
-    SETOPT(CURLOPT_SSL_VERIFYPEER, 0L);
-    SETOPT(CURLOPT_SSL_VERIFYHOST, 0L);
-  }
-  if (lcpp_optbool(L, 2, "follow")) {
-    SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
-    SETOPT(CURLOPT_MAXREDIRS, 5L);
-    /* a chat is a POST: keep it one after 301/302/303 (libcurl's default
-       turns it into a body-less GET, as old browsers did) */
-    SETOPT(CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
-  }
-  if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
-    SETOPT(CURLOPT_USERAGENT, str);
-  if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK)
-    return luaL_error(L, "curl_multi_add_handle failed");
-  t->session = s;                        /* link first: keep the list exact */
-  t->next = s->head;
-  if (s->head) s->head->prev = t;
-  s->head = t;
-  lua_pushvalue(L, 1);                   /* s, opts, t, s */
-  t->sref = luaL_ref(L, LUA_REGISTRYINDEX);
-  return 1;
-}
-
-
-/* session:step([timeout_ms]): drive every transfer once, waiting at most
-   timeout_ms (default 0) for something to happen. Returns the number of
-   transfers still running. */
-static int session_step (lua_State *L) {
-  Session *s = checksession(L, 1);
-  lua_Number tmo = luaL_optnumber(L, 2, 0);
-  luaL_argcheck(L, tmo == tmo, 2, "timeout is NaN");
-  int n = 0;
-  Transfer *t;
-  if (s->head != NULL) lcpp_step(s, (double)tmo);
-  for (t = s->head; t != NULL; t = t->next) n++;
-  lua_pushinteger(L, n);
-  return 1;
-}
-
-
-/* session:sockets([all]) -> events, serials when the set of sockets
-   libcurl wants watched changed since the last call (or when `all`),
-   else nil. events: {[fd] = "r" | "w" | "rw"}; serials: {[fd] = n}, n
-   new whenever fd is a new socket. For event loops (llamacpp.uv). */
-static int session_sockets (lua_State *L) {
-  Session *s = checksession(L, 1);
-  int i;
-  if (!s->changed && !lua_toboolean(L, 2)) return 0;
-  s->changed = 0;
-  lua_createtable(L, 0, s->nfds);                    /* events */
-  lua_createtable(L, 0, s->nfds);                    /* events, serials */
-  for (i = 0; i < s->nfds; i++) {
-    short e = s->fds[i].events;
-    lua_pushstring(L, (e & POLLIN) && (e & POLLOUT) ? "rw"
-                      : (e & POLLOUT) ? "w" : "r");
-    lua_rawseti(L, -3, (int)s->fds[i].fd);
-    lua_pushinteger(L, (lua_Integer)s->serials[i]);
-    lua_rawseti(L, -2, (int)s->fds[i].fd);
-  }
-  return 2;
-}
-
-
-/* session:timeout() -> ms until something is due (libcurl's timer or a
-   first-byte/idle deadline), 0 if overdue, nil when nothing is. */
-static int session_timeout (lua_State *L) {
-  Session *s = checksession(L, 1);
-  double at = lcpp_earliest(s), now;
-  if (at < 0) return 0;
-  now = lcpp_now();
-  lua_pushnumber(L, at > now ? at - now : 0);
-  return 1;
-}
-
-
-/* session:fd() -> one fd that is readable whenever a socket of the
-   session is ready (an epoll set, Linux), or nil where there is none.
-   An event loop watches it and calls act() with no argument: one watch
-   per session, and the sockets' own errors never reach the loop. */
-static int session_fd (lua_State *L) {
-  Session *s = checksession(L, 1);
-#ifdef LCPP_EPOLL
-  if (s->epfd < 0) {
-    int i;
-    s->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (s->epfd < 0) return 0;
-    for (i = 0; i < s->nfds; i++)
-      lcpp_epoll(s, s->fds[i].fd, s->fds[i].events, EPOLL_CTL_ADD);
-  }
-  lua_pushinteger(L, s->epfd);
-  return 1;
-#else
-  (void)s;
-  return 0;
-#endif
-}
-
-
-/* The sockets of the epoll set that are ready, to libcurl. */
-static void lcpp_epoll_act (Session *s) {
-#ifdef LCPP_EPOLL
-  struct epoll_event evs[32];
-  int n, i, running;
-  if (s->epfd < 0) return;
-  n = epoll_wait(s->epfd, evs, 32, 0);
-  for (i = 0; i < n; i++) {
-    int flags = 0;
-    if (evs[i].events & (EPOLLIN | EPOLLHUP)) {
-      flags |= CURL_CSELECT_IN;
-      lcpp_activity(s, evs[i].data.fd);
-    }
-    if (evs[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
-    if (evs[i].events & EPOLLERR) flags |= CURL_CSELECT_ERR;
-    curl_multi_socket_action(s->multi, evs[i].data.fd, flags, &running);
-  }
-#else
-  (void)s;
-#endif
-}
-
-
-/* session:act([fd, events]): the event loop says socket fd is ready
-   ("r", "w", "rw", or "e" for an error); without fd, that the session's
-   fd() is readable or the time from timeout() passed. Then runs whatever
-   is due. */
-static int session_act (lua_State *L) {
-  Session *s = checksession(L, 1);
-  if (lua_isnoneornil(L, 2))
-    lcpp_epoll_act(s);
-  else {
-    curl_socket_t fd = (curl_socket_t)luaL_checkinteger(L, 2);
-    const char *ev = luaL_optstring(L, 3, "r");
-    int flags = 0, running;
-    if (strchr(ev, 'r')) {
-      flags |= CURL_CSELECT_IN;
-      lcpp_activity(s, fd);
-    }
-    if (strchr(ev, 'w')) flags |= CURL_CSELECT_OUT;
-    if (strchr(ev, 'e')) flags |= CURL_CSELECT_ERR;
-    curl_multi_socket_action(s->multi, fd, flags, &running);
-  }
-  lcpp_timers(s);
-  return 0;
-}
-
-
-static int session_tostring (lua_State *L) {
-  Session *s = (Session *)luaL_checkudata(L, 1, LCPP_SESSION_MT);
-  lua_pushfstring(L, "llamacpp.Session (%s)", s->multi ? "open" : "closed");
-  return 1;
-}
-
-/* }====== */
-
-
-static const luaL_Reg transfer_methods[] = {
+/* registered by core.c */
+const luaL_Reg lcpp_transfer_methods[] = {
   {"next", transfer_next},
   {"take", transfer_take},
   {"ready", transfer_ready},
@@ -1308,7 +702,7 @@ static const luaL_Reg transfer_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg transfer_metas[] = {
+const luaL_Reg lcpp_transfer_metas[] = {
   {"__gc", transfer_close},
   {"__tostring", transfer_tostring},
 #if LUA_VERSION_NUM >= 504
@@ -1316,26 +710,3 @@ static const luaL_Reg transfer_metas[] = {
 #endif
   {NULL, NULL}
 };
-
-static const luaL_Reg session_methods[] = {
-  {"open", session_open},
-  {"step", session_step},
-  {"sockets", session_sockets},
-  {"fd", session_fd},
-  {"timeout", session_timeout},
-  {"act", session_act},
-  {"close", session_close},
-  {NULL, NULL}
-};
-
-static const luaL_Reg session_metas[] = {
-  {"__gc", session_close},
-  {"__tostring", session_tostring},
-  {NULL, NULL}
-};
-
-
-void lcpp_transfer_open (lua_State *L) {
-  lcpp_newclass(L, LCPP_SESSION_MT, session_methods, session_metas);
-  lcpp_newclass(L, LCPP_TRANSFER_MT, transfer_methods, transfer_metas);
-}
