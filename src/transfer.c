@@ -581,7 +581,11 @@ static int transfer_next (lua_State *L) {
     if (t->qhead < t->q.len) return lcpp_pop(L, t);
     if (t->ended) return 0;
     if (t->done) return lcpp_end(L, t);
-    if (lcpp_step(t->session, deadline < 0 ? -1 : deadline - lcpp_now()) < 0)
+    /* a negative wait is lcpp_step's "no limit": a deadline already
+       passed (next(0) is one at once) must wait 0, never forever */
+    double left = deadline < 0 ? -1 : deadline - lcpp_now();
+    if (deadline >= 0 && left < 0) left = 0;
+    if (lcpp_step(t->session, left) < 0)
       lcpp_finish(t, CURLE_OK, FAIL_POLL);
     if (deadline >= 0 && !t->done && t->qhead == t->q.len &&
         lcpp_now() >= deadline) {
