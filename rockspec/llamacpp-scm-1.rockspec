@@ -44,8 +44,7 @@ build = {
     ["llamacpp.text"] = "lua/llamacpp/text.lua",
     ["llamacpp.testing"] = "lua/llamacpp/testing.lua",
     ["llamacpp.testing.render"] = "lua/llamacpp/testing/render.lua",
-    -- the fake llama-server of llamacpp.testing is the specs' fixture server
-    ["llamacpp.testing.server"] = "spec/fixture/server.lua",
+    ["llamacpp.testing.server"] = "lua/llamacpp/testing/server.lua",
     ["llamacpp.router"] = "lua/llamacpp/router.lua",
     ["llamacpp.router.config"] = "lua/llamacpp/router/config.lua",
     ["llamacpp.router.plan"] = "lua/llamacpp/router/plan.lua",

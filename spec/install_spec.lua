@@ -31,8 +31,7 @@ describe("rockspec", function()
     -- luarocks make builds in its working directory (objects, and a
     -- llamacpp/core.so that ./?.so would find): build in a copy
     local src = tree .. "/src-copy"
-    assert(sh("mkdir -p '" .. src .. "/spec/fixture' && cp -r lua src rockspec '" .. src .. "'/ && " ..
-              "cp spec/fixture/server.lua '" .. src .. "/spec/fixture/'"))
+    assert(sh("mkdir -p '" .. src .. "' && cp -r lua src rockspec '" .. src .. "'/"))
     local cmd = "cd '" .. src .. "' && luarocks --lua-version=" .. LUAV .. " --tree='" .. tree ..
                 "' make --deps-mode=none rockspec/llamacpp-scm-1.rockspec"
     if LUAJIT then cmd = cmd .. " LUA_INCDIR=/usr/include/luajit-2.1" end

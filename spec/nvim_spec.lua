@@ -248,10 +248,9 @@ describe("examples/nvim in a real Neovim", function()
     local tmp = os.tmpname()
     os.remove(tmp)
     local src, tree = tmp .. "/src", tmp .. "/tree"
-    assert(sh_ok(table.concat({ "mkdir -p", q(src .. "/src"), q(src .. "/spec/fixture"), "&& cp -r",
+    assert(sh_ok(table.concat({ "mkdir -p", q(src .. "/src"), "&& cp -r",
                                 q(ROOT .. "/rockspec"), q(ROOT .. "/lua"), q(src), "&& cp", q(ROOT) .. "/src/*.c",
-                                q(ROOT) .. "/src/*.h", q(src .. "/src"), "&& cp",
-                                q(ROOT .. "/spec/fixture/server.lua"), q(src .. "/spec/fixture") }, " ")))
+                                q(ROOT) .. "/src/*.h", q(src .. "/src") }, " ")))
     local log = tmp .. "/luarocks.log"
     local built = sh_ok("cd " .. q(src) .. " && luarocks --lua-version=5.1 --tree=" .. q(tree) ..
                         " make --deps-mode=none rockspec/llamacpp-scm-1.rockspec" ..

@@ -1,5 +1,5 @@
 -- llamacpp.router against fixture servers that fail on purpose: real HTTP
--- to a local process (spec/fixture/server.lua) and closed ports, never
+-- to a local process (lua/llamacpp/testing/server.lua) and closed ports, never
 -- mocked functions. Time is the router's injectable clock where a rule
 -- depends on it (cooldown, Retry-After), so nothing here races the
 -- machine's load. The llama-server answers are the captures of

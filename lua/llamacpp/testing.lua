@@ -36,20 +36,10 @@ local args = require "llamacpp.args"
 
 local M = {}
 
--- The server script: installed as the module llamacpp.testing.server, or
--- in a checkout at spec/fixture/server.lua.
+-- The server script, the module llamacpp.testing.server: run as a
+-- script of its own, found beside this file.
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./")
-local searchpath = rawget(package, "searchpath")     -- not in PUC Lua 5.1
-local SERVER = searchpath and searchpath("llamacpp.testing.server", package.path)
-if not SERVER then
-  local f = io.open(HERE .. "../../spec/fixture/server.lua", "r")
-  if f then
-    f:close()
-    SERVER = HERE .. "../../spec/fixture/server.lua"
-  else
-    SERVER = HERE .. "testing/server.lua"
-  end
-end
+local SERVER = HERE .. "testing/server.lua"
 
 --- The Lua interpreter the test kit starts its servers with: the one
 -- running the tests (`luajit`, or `lua5.x` from `_VERSION`), or
