@@ -248,7 +248,7 @@ describe("examples/nvim in a real Neovim", function()
   -- - no llamacpp callback slept in a syscall (a blocking call).
   -- How long the loop was busy per tick is measured by `make bench`.
   local N = 20000
-  local PROBES = { 1, N / 2 }
+  local PROBES = { 1, math.floor(N / 2) }
 
   local function streamed(name, opts)
     local want = harness.big_stream(fixture, srv, name, N, 50)
