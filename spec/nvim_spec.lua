@@ -290,7 +290,7 @@ describe("examples/nvim in a real Neovim", function()
   end)
 
   -- Neovim's own work (vim.schedule callbacks: the plugin's buffer
-  -- writes; keys; redraws) waits until a burst is over. The plugin's
+  -- writes; the rest of the redraw) waits until a burst is over. The plugin's
   -- buffer is markdown with syntax on: redrawing it, Neovim calls
   -- os_breakcheck(), which runs a libuv pass; llamacpp.uv's idle handle
   -- (its "more next turn") is due in every pass, so each breakcheck hands
