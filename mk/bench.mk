@@ -1,8 +1,12 @@
 # Benchmarks (bench/README.md). Not part of `make test` or .ci/run's timing:
 #   make bench        build everything, npm ci the Node SDK when node exists,
-#                     run every case against every alternative, print the table
-#   make bench-smoke  the same harness at small sizes (a few seconds); fails
-#                     only if a client lost bytes or a request failed
+#                     run every case against every alternative, print the table;
+#                     then bench/loop.lua: the event-loop figures (Neovim's loop
+#                     while a stream arrives, beside an idle Neovim; a stalled
+#                     stream on luv; the fixture server), each with its goal
+#   make bench-smoke  the same harnesses at small sizes (a few seconds); fails
+#                     only if a client lost bytes, a request failed or a case
+#                     could not run, never on a missed goal
 BENCH_OUT = build/bench
 BENCH_WARN = -std=c99 -Wall -Wextra -pedantic -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 BENCH_BIN = $(BENCH_OUT)/server $(BENCH_OUT)/cclient \
@@ -37,9 +41,10 @@ bench-node:
 	  echo "bench: npm ci failed: the Node column will be skipped"; fi
 
 bench: bench-build bench-node
-	lua5.4 bench/run.lua
+	@s=0; lua5.4 bench/run.lua || s=1; lua5.4 bench/loop.lua || s=1; exit $$s
 
 bench-smoke: bench-build
-	lua5.4 bench/run.lua --smoke --out $(BENCH_OUT)/smoke.md
+	@s=0; lua5.4 bench/run.lua --smoke --out $(BENCH_OUT)/smoke.md || s=1; \
+	lua5.4 bench/loop.lua --smoke --out $(BENCH_OUT)/loop-smoke.md || s=1; exit $$s
 
 .PHONY: bench bench-build bench-node bench-smoke

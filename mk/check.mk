@@ -12,6 +12,7 @@
 #   make soak          the full-size soak (spec/soak/soak.lua): 100,000 requests
 #                      and 1,000,000 streamed events through one client
 #   make memcheck      asan, valgrind, check-c-asan and fuzz-regress
+#   make test-busy     make test with CPU- and memory-heavy loops beside it
 #
 # Needs: gcc (the sanitizers' runtimes come with it), valgrind, clang and
 # libclang-rt-14-dev (libFuzzer, for make fuzz only), openssl (tls_spec).
@@ -137,4 +138,12 @@ soak: all
 
 memcheck: asan valgrind check-c-asan fuzz-regress
 
-.PHONY: asan asan-build valgrind check-c-asan fuzz fuzz-regress soak memcheck
+# The whole suite (make test) while, per core (BUSY_JOBS), a loop rebuilds
+# the C core with make -j2 and ASan into a scratch directory and another
+# fills and drops 64 MB tables (spec/busy.sh). They are stopped by process
+# group when the suite ends or is interrupted. Ends with the suite's
+# "N passed, N failed, N skipped" line and exits with its status.
+test-busy:
+	@MAKE="$(MAKE)" sh spec/busy.sh
+
+.PHONY: asan asan-build valgrind check-c-asan fuzz fuzz-regress soak memcheck test-busy

@@ -6,7 +6,6 @@ local llamacpp = require "llamacpp"
 local fixture = require "fixture.control"
 local proc = require "soak.proc"
 local cjson = require "cjson"
-local socket = require "socket"
 
 local errors = llamacpp.errors
 local MSGS = { { role = "user", content = "Say hello." } }
@@ -295,9 +294,17 @@ describe("hostile servers", function()
   end)
 
   -- The cases that end in a timeout, run side by side so that their waits
-  -- overlap: each stream on a client of its own, all driven with next(0).
+  -- overlap: each in a child process of its own, reading its stream with
+  -- the blocking for-loop. (In one process, driven with next(0), a stream
+  -- was only read when its turn came round, and next(0) itself can wait
+  -- for its own session's next timer: the trickle's bytes sat unread past
+  -- its total timeout, which libcurl checks before it reads. Issue 14.)
+  -- Each child measures from just before it opens its stream: a timeout
+  -- must not fire before its time (lower bounds); 60 s is a hang guard.
   describe("timeouts (run side by side)", function()
     local got = {}
+    local util = require "spec.util"
+    local HANG_S = 60                   -- >= 15x the longest wait (4 s)
     -- "Hello world" then the ending; the index where the ending starts
     local function hello_ending(chunked)
       local raw = chunked and fixture.http_response(200, SSE, nil, { chunks = { HELLO, ENDING } })
@@ -305,6 +312,25 @@ describe("hostile servers", function()
       local tail = chunked and #string.format("%x\r\n%s\r\n0\r\n\r\n", #ENDING, ENDING) or #ENDING
       return raw, #raw - tail
     end
+
+    -- One case in a child: RESULT and the last event as JSON (took: seconds
+    -- from just before open_stream to the last event).
+    local CHILD = [[
+local llamacpp, cjson, socket = require "llamacpp", require "cjson", require "socket"
+local o = cjson.decode(%q)
+local c = llamacpp.new(o)
+local t0 = socket.gettime()
+local text, last = {}, nil
+for ev in c:chat_stream{ messages = { { role = "user", content = "Say hello." } } } do
+  if ev.type == "content" then text[#text + 1] = ev.content end
+  last = ev
+end
+local took = socket.gettime() - t0
+local e = last and last.error or {}
+io.write("RESULT ", cjson.encode{ type = last and last.type, kind = e.kind, phase = e.phase,
+  retryable = e.retryable, partial = e.partial, message = last and last.error and tostring(e),
+  text = table.concat(text), took = took }, "\n")
+]]
 
     setup(function()
       local raw, at = hello_ending(true)
@@ -316,101 +342,97 @@ describe("hostile servers", function()
       srv:write("h_trickle", raw2)
       local _, from_chunked = hello_ending(true)
       local bh = fixture.blackhole()
+      -- Margins: a pace or drip is at most a tenth of the idle timeout it
+      -- must not trip, so a server kept off the CPU for a while by a busy
+      -- machine does not turn a total timeout into an idle one.
       local cases = {
         status_held = { srv:replay("h_status_only", "hold"), { idle_timeout = 1 } },
-        headers_trickle = { srv:hostile("headers_forever", "pace=200"), { idle_timeout = 2, timeout = 3 } },
+        headers_trickle = { srv:hostile("headers_forever", "pace=100"), { idle_timeout = 2, timeout = 3 } },
         stall = { srv:replay("h_hello_ending", "stall=" .. at), { idle_timeout = 1 } },
-        -- the first bytes at once, then one byte per second from the start
+        -- the first bytes at once, then one byte every 250 ms from the start
         -- of the ending: never 2.5 s of silence, so only the total timeout
-        trickle = { srv:replay("h_trickle", "from=" .. from .. ",drip=1000"),
+        trickle = { srv:replay("h_trickle", "from=" .. from .. ",drip=250"),
                     { idle_timeout = 2.5, timeout = 4 } },
-        trickle_chunked = { srv:replay("h_hello_ending", "from=" .. from_chunked .. ",drip=1000"),
+        trickle_chunked = { srv:replay("h_hello_ending", "from=" .. from_chunked .. ",drip=250"),
                             { idle_timeout = 2.5, timeout = 4 } },
         cl_long_held = { srv:replay("h_cl_long", "hold"), { idle_timeout = 1 } },
         never_answers = { srv:replay("chat_stream", "stall=0"), { connect_timeout = 1, first_byte_timeout = 2 } },
         never_answers_idle = { srv:replay("chat_stream", "stall=0"), { idle_timeout = 1, timeout = 2 } },
         never_accepts = { bh.url, { connect_timeout = 1, first_byte_timeout = 30 } },
       }
-      local live, t0 = {}, socket.gettime()
+      local waits = {}
       for name, case in pairs(cases) do
-        live[name] = { s = client(case[1], case[2]):open_stream{ messages = MSGS }, text = {} }
+        local o = { endpoint = case[1] }
+        for k, v in pairs(case[2]) do o[k] = v end
+        waits[name] = util.spawn(CHILD:format(cjson.encode(o)), HANG_S)
       end
-      while next(live) do
-        for name, l in pairs(live) do
-          while true do
-            local ev = l.s:next(0)
-            if not ev then break end
-            if ev.type == "content" then l.text[#l.text + 1] = ev.content end
-            if ev.type == "done" or ev.type == "error" then
-              got[name] = { last = ev, text = table.concat(l.text), took = socket.gettime() - t0 }
-              l.s:close()
-              live[name] = nil
-              break
-            end
-          end
-        end
-        socket.sleep(0.005)
+      for name, wait in pairs(waits) do
+        local out = wait()
+        local line = out:match("RESULT ([^\n]*)")
+        got[name] = line and cjson.decode(line) or { out = out }
       end
       bh.close()
     end)
 
     local function timed_out(name, phase, min_s)
       local r = assert(got[name], name .. " did not run")
-      local e = failed(r.last, "timeout")
-      local what = ("%s: %s after %.2f s, text %q"):format(name, tostring(e), r.took, r.text)
-      assert.equal(phase, e.phase, what)
-      if min_s then assert.truthy(r.took >= min_s, what) end
-      return e, r, what
+      assert(r.type, name .. ": no result within " .. HANG_S .. " s: " .. tostring(r.out))
+      local what = ("%s: %s after %.2f s, text %q"):format(name, tostring(r.message), r.took, r.text)
+      assert.equal("error", r.type, what)
+      assert.equal("timeout", r.kind, what)
+      assert.equal(phase, r.phase, what)
+      -- 50 ms of slack: the child's clock is not libcurl's
+      if min_s then assert.truthy(r.took >= min_s - 0.05, "fired early: " .. what) end
+      return r, what
     end
 
     it("a status line, then nothing with the connection held: idle timeout", function()
-      timed_out("status_held", "idle", 0.9)
+      timed_out("status_held", "idle", 1)
     end)
 
     it("a header block that trickles forever ends at the total timeout, not at idle", function()
-      timed_out("headers_trickle", "total", 2.5)
+      timed_out("headers_trickle", "total", 3)
     end)
 
     it("a stream that stalls forever ends at the idle timeout with its partial content", function()
-      local e, r = timed_out("stall", "idle", 0.9)
-      assert.equal("Hello world", r.text)
-      assert.equal("Hello world", e.partial)
-      assert.is_false(e.retryable)          -- events were delivered
-    end)
-
-    it("a reply trickling one byte per second is not idle: the total timeout ends it, partial kept", function()
-      local e, r, what = timed_out("trickle", "total", 3.5)
+      local r, what = timed_out("stall", "idle", 1)
       assert.equal("Hello world", r.text, what)
-      assert.equal("Hello world", e.partial, what)
+      assert.equal("Hello world", r.partial, what)
+      assert.is_false(r.retryable, what)    -- events were delivered
     end)
 
-    it("a chunked reply trickling one byte per second is not idle either (chunk framing counts)", function()
-      local e, r = timed_out("trickle_chunked", "total", 3.5)
-      assert.equal("Hello world", r.text)
-      assert.equal("Hello world", e.partial)
+    it("a reply trickling a byte every 250 ms is not idle: the total timeout ends it, partial kept", function()
+      local r, what = timed_out("trickle", "total", 4)
+      assert.equal("Hello world", r.text, what)
+      assert.equal("Hello world", r.partial, what)
+    end)
+
+    it("a chunked reply trickling a byte every 250 ms is not idle either (chunk framing counts)", function()
+      local r, what = timed_out("trickle_chunked", "total", 4)
+      assert.equal("Hello world", r.text, what)
+      assert.equal("Hello world", r.partial, what)
     end)
 
     it("a Content-Length longer than the body, connection held: idle timeout, partial kept", function()
-      local e, r = timed_out("cl_long_held", "idle", 0.9)
-      assert.equal("Hello world", r.text)
-      assert.equal("Hello world", e.partial)
+      local r, what = timed_out("cl_long_held", "idle", 1)
+      assert.equal("Hello world", r.text, what)
+      assert.equal("Hello world", r.partial, what)
     end)
 
     it("a server that accepts and never answers: first_byte phase, not connect", function()
-      local e = timed_out("never_answers", "first_byte", 1.9)
-      assert.is_true(e.retryable)
+      local r, what = timed_out("never_answers", "first_byte", 2)
+      assert.is_true(r.retryable, what)
     end)
 
     it("without first_byte_timeout, idle_timeout does not apply before the first byte: total does", function()
-      timed_out("never_answers_idle", "total", 1.9)
+      timed_out("never_answers_idle", "total", 2)
     end)
 
     it("a server that never accepts: connect phase", function()
-      local e = timed_out("never_accepts", "connect", 0.9)
-      assert.is_true(e.retryable)
+      local r, what = timed_out("never_accepts", "connect", 1)
+      assert.is_true(r.retryable, what)
     end)
   end)
-
   it("every fuzzer regression input, served as a stream, ends in done or an Error", function()
     local dir = "spec/c/fuzz_regress"
     local p = io.popen("ls " .. dir .. " 2>/dev/null")

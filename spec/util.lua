@@ -98,4 +98,30 @@ end
 
 function M.sleep(s) socket.sleep(s) end
 
+-- The first lines of a child script: this tree's llamacpp and the core
+-- built for this Lua (busted's cpath comes first), whatever LUA_PATH says.
+function M.child_head()
+  return ("package.path = %q .. package.path\npackage.cpath = %q .. package.cpath\n"):format(
+    "./lua/?.lua;./lua/?/init.lua;./spec/?.lua;", package.cpath:match("^[^;]*") .. ";")
+end
+
+-- Starts the Lua code `code` in a child process (M.lua(), with
+-- M.child_head() first), killed after `limit` seconds (default 60)
+-- whatever happens: a hang guard, not a measure. Returns a function that
+-- waits for the child and returns what it wrote on stdout and stderr.
+function M.spawn(code, limit)
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(M.child_head(), code)
+  f:close()
+  local p = assert(io.popen("exec timeout -k 5 " .. tostring(limit or 60) .. " " .. M.lua() ..
+                            " " .. script .. " 2>&1", "r"))
+  return function()
+    local out = p:read("*a")
+    p:close()
+    os.remove(script)
+    return out
+  end
+end
+
 return M

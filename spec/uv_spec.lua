@@ -11,6 +11,7 @@ local lu = require "llamacpp.uv"
 local MSGS = { { role = "user", content = "Say hello." } }
 
 local text_of = util.text_of
+local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
 
 describe("llamacpp.uv", function()
   if not has_luv then
@@ -125,16 +126,55 @@ describe("llamacpp.uv", function()
     assert.equal("connection", evs[1].error.kind)
   end)
 
-  it("waits on sockets and timers, not by spinning: a stalled stream costs no CPU", function()
-    local c = llamacpp.new{ endpoint = srv:replay("chat_stream", "stall=1200"), idle_timeout = 1 }
+  -- A uv whose handles count the calls of their callbacks (how often the
+  -- loop woke llamacpp.uv up), noting how many events had been delivered.
+  local function counting_uv(evs)
+    local wakes = {}
+    local function wrap(h)
+      return setmetatable({}, { __index = function(_, k)
+        local v = h[k]
+        if type(v) ~= "function" then return v end
+        return function(_, ...)
+          if k ~= "start" then return v(h, ...) end
+          local args, n = { ... }, select("#", ...)
+          local f = args[n]                -- the callback is the last argument
+          args[n] = function(...)
+            wakes[#wakes + 1] = #evs
+            return f(...)
+          end
+          return v(h, unpack(args, 1, n))
+        end
+      end })
+    end
+    return setmetatable({
+      new_timer = function() return wrap(luv.new_timer()) end,
+      new_poll = function(fd) return wrap(luv.new_poll(fd)) end,
+      new_socket_poll = function(fd) return wrap(luv.new_socket_poll(fd)) end,
+      new_idle = function() return wrap(luv.new_idle()) end,
+      new_check = function() return wrap(luv.new_check()) end,
+      new_prepare = function() return wrap(luv.new_prepare()) end,
+    }, { __index = luv }), wakes
+  end
+
+  it("waits on sockets and timers, not by spinning: a stalled stream wakes the loop a few times", function()
+    local c = llamacpp.new{ endpoint = srv:replay("chat_stream", "stall=1200"), idle_timeout = 2 }
     local evs = {}
-    local cpu0 = os.clock()
-    lu.chat_stream(c, { messages = MSGS }, function(ev) evs[#evs + 1] = ev end, O)
+    local uv, wakes = counting_uv(evs)
+    lu.chat_stream(c, { messages = MSGS }, function(ev) evs[#evs + 1] = ev end, { uv = uv })
     luv.run()
-    local cpu = os.clock() - cpu0
-    assert.equal("timeout", evs[#evs].error.kind)
-    assert.equal("idle", evs[#evs].error.phase)
-    -- a second of silence: a polling loop would burn most of it
-    assert.is_true(cpu < 0.25, "CPU while stalled: " .. cpu .. " s")
+    local last = evs[#evs]
+    assert.equal("timeout", last.error.kind)
+    assert.equal("idle", last.error.phase)
+    assert.is_true(#evs >= 2, "no content before the stall")
+    -- wake-ups once every event but the error was delivered: the stall.
+    -- Today 2 (a timer of libcurl's, then the idle deadline); a loop
+    -- polling every 10 ms would wake 200 times in these 2 s.
+    local stalled = 0
+    for _, n in ipairs(wakes) do
+      if n == #evs - 1 then stalled = stalled + 1 end
+    end
+    assert.is_true(stalled >= 1, "the idle timeout did not come from a timer")
+    assert.is_true(stalled <= 10, "woken " .. stalled .. " times during a 2 s stall")
+    assert.is_true(#wakes <= 30, "woken " .. #wakes .. " times for one short stream")
   end)
 end)

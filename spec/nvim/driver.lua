@@ -14,8 +14,9 @@
 -- before :LlamaCancel), warm (an endpoint for a first, unmeasured chat),
 -- tick_ms (the probe timer's period), idle_ms (a baseline before the chat),
 -- root (setup{root=}: a llamacpp checkout to load the module from),
--- events (how many events the measured chat will bring), down (a URL where
--- nothing listens).
+-- events (how many events the measured chat will bring), probe_at (event
+-- numbers at which to start a timer and a vim.schedule callback), down (a
+-- URL where nothing listens).
 -- luacheck: globals vim
 local uv = vim.uv or vim.loop
 local unpack = rawget(table, "unpack") or _G.unpack
@@ -210,19 +211,37 @@ local timed_uv = setmetatable({
 -- From here on: every event's arrival time at the plugin's callback, and
 -- the timings above. Wraps llamacpp.uv.chat_stream (its on_event and its
 -- uv) and vim.schedule; the plugin and the library are unchanged.
+-- Probes (args.probe_at, a list of event numbers): when event k arrives,
+-- a 1 ms timer and a vim.schedule() callback are started from inside
+-- the callback; each notes how many events had arrived when it ran
+-- (R.probes[i] = {at = k, timer = n, scheduled = n}).
 local function instrument()
   local luv_mod = package.loaded["llamacpp.uv"]
   local orig = luv_mod.chat_stream
   local times = new_array((A.events or 0) + 16)
   R.event_times, R.held = times, held
+  local schedule = vim.schedule
+  local probe_at, probes = {}, {}
+  for _, k in ipairs(A.probe_at or {}) do probe_at[k] = true end
+  R.probes = probes
   luv_mod.chat_stream = function(c, req, on_event, opts)
     opts = setmetatable({ uv = timed_uv }, { __index = opts })
     return orig(c, req, function(ev)
-      times[#times + 1] = now_ms() - T0
+      local n = #times + 1
+      times[n] = now_ms() - T0
+      if probe_at[n] then
+        local p = { at = n }
+        probes[#probes + 1] = p
+        local t = uv.new_timer()
+        t:start(1, 0, function()
+          t:close()
+          p.timer = #times
+        end)
+        schedule(function() p.scheduled = #times end)
+      end
       return on_event(ev)
     end, opts)
   end
-  local schedule = vim.schedule
   vim.schedule = function(f) return schedule(timed(held.scheduled, f)) end
 end
 
