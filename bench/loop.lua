@@ -212,7 +212,7 @@ end
 -- {====== the fixture server ======
 
 p("")
-p("### The fixture server (spec/fixture/server.lua) under ", _VERSION)
+p("### The fixture server (lua/llamacpp/testing/server.lua) under ", _VERSION)
 p("")
 do
   local function connect()

@@ -1,4 +1,4 @@
--- Specs of the fixture server itself (spec/fixture/server.lua), with raw luasocket clients.
+-- Specs of the fixture server itself (lua/llamacpp/testing/server.lua), with raw luasocket clients.
 local socket = require "socket"
 local fixture = require "fixture.control"
 

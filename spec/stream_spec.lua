@@ -301,9 +301,6 @@ describe("llamacpp.Stream", function()
   -- timeouts set) must return false at once, every time. In a child, with
   -- a hang guard: a blocking next(0) would never return there.
   it("next(0) never blocks, also when no timer of the session is due", function()
-    pending("fails today (issue 14): transfer_next (src/transfer.c) hands lcpp_step " ..
-            "deadline - now, a hair below 0 for next(0), and lcpp_step takes a negative " ..
-            "wait for no limit: poll() waits for the session's next timer, or forever")
     local wait = util.spawn(([[
 local c = require("llamacpp").new{ endpoint = %q, connect_timeout = 0, idle_timeout = 0 }
 local s = c:open_stream{ messages = { { role = "user", content = "x" } } }

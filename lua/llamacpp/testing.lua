@@ -151,7 +151,7 @@ function Server:replay(name, opts)
   return self.url .. "/replay/" .. name .. "/" .. (opts or "-")
 end
 
--- URL prefix of a generated hostile answer (spec/fixture/README.md, "Hostile routes").
+-- URL prefix of a generated hostile answer (testing/README.md, "Hostile routes").
 function Server:hostile(name, opts)
   return self.url .. "/hostile/" .. name .. "/" .. (opts or "-")
 end
