@@ -219,6 +219,14 @@ describe("llamacpp.router.plan", function()
     end
   end
 
+  it("prints a routed stream with its state and deployment", function()
+    local r = router.new{ tiers = { t = { { name = "one", endpoint = srv:replay("stream") } } } }
+    local s = r:open_stream{ messages = MSGS }
+    assert.equal("llamacpp.RouterStream (open via one)", tostring(s))
+    s:close()
+    assert.equal("llamacpp.RouterStream (closed via one)", tostring(s))
+  end)
+
   describe("a bad request raises at the caller's line before any attempt", function()
     local r
     before_each(function()

@@ -330,19 +330,24 @@ local function check_stream_opts(opts, fname)
   return opts
 end
 
+-- A stream class (this one, the router's): closed by Lua 5.4's generic
+-- for, printed with its state and what who(s) adds.
+function M.stream_class(name, who)
+  local class = { __name = name }
+  class.__index = class
+  function class.__close(s) s:close() end
+  function class.__tostring(s)
+    return name .. " (" .. (s.closed and "closed" or s.ended and "ended" or "open") ..
+           (who and who(s) or "") .. ")"
+  end
+  return class
+end
+
 --- A stream of normalised events over one transfer, from
 -- @{Client:open_stream}, @{Client:chat_stream} and the other streaming methods.
 -- @type Stream
-local Stream = {}
-Stream.__index = Stream
-Stream.__name = "llamacpp.Stream"
+local Stream = M.stream_class("llamacpp.Stream")
 M.Stream = Stream
-
-function Stream.__close(s) s:close() end      -- Lua 5.4's generic for
-
-function Stream:__tostring()
-  return "llamacpp.Stream (" .. (self.closed and "closed" or self.ended and "ended" or "open") .. ")"
-end
 
 function Stream:_push(ev)
   local n = self.qt + 1

@@ -92,17 +92,10 @@ end
 
 --- A routed stream: the events of one deployment's stream, after the
 -- failed attempts that produced none.
-local Stream = {}
-Stream.__index = Stream
-Stream.__name = "llamacpp.RouterStream"
+local Stream = require("llamacpp.client").stream_class("llamacpp.RouterStream", function(s)
+  return s.it and (" via " .. s.it.rec.name)
+end)
 M.Stream = Stream
-
-function Stream.__close(s) s:close() end      -- Lua 5.4's generic for
-
-function Stream:__tostring()
-  local who = self.it and (" via " .. self.it.rec.name) or ""
-  return "llamacpp.RouterStream (" .. (self.closed and "closed" or self.ended and "ended" or "open") .. who .. ")"
-end
 
 -- Ends the current attempt's transfer.
 function Stream:_drop()
