@@ -16,6 +16,20 @@ local function full_gc()
   for _ = 1, 4 do collectgarbage("collect") end
 end
 
+-- Replay options for a stream that gives its first content at once, then
+-- the rest 1 s a piece (17 more pieces): however busy the machine, it is
+-- still running when the spec collects or closes it.
+local SLOW = (function()
+  local raw = util.fixture("chat_stream_usage")
+  local _, he = raw:find("\r\n\r\n", 1, true)
+  local pos = he + 1
+  for _ = 1, 2 do                      -- the role chunk, then the first content
+    local ls, le = raw:find("\r\n", pos, true)
+    pos = le + tonumber(raw:sub(pos, ls - 1):match("^%x+"), 16) + 3
+  end
+  return "from=" .. (pos - 1) .. ",pace=1000"
+end)()
+
 describe("object lifetimes", function()
   local srv
   setup(function() srv = fixture.start() end)
@@ -46,7 +60,7 @@ describe("object lifetimes", function()
     local seq = last_seq()
     -- in a function of its own: no register of this one keeps them alive
     local function open_one()
-      local c = llamacpp.new{ endpoint = srv:replay("chat_stream_usage", "pace=50") }
+      local c = llamacpp.new{ endpoint = srv:replay("chat_stream_usage", SLOW) }
       local s = c:open_stream{ messages = MSGS }
       assert.equal("content", s:next().type)
     end
@@ -78,11 +92,11 @@ describe("object lifetimes", function()
     local fds = proc.nfds()
     local seq = last_seq()
     local function open_many()
-      -- all open before any is read: none can end (18 pieces, 200 ms apart)
-      -- before the collector runs
+      -- all open before any is read: none can end (SLOW) before the
+      -- collector runs
       local streams = {}
       for _ = 1, 10 do
-        local c = llamacpp.new{ endpoint = srv:replay("chat_stream_usage", "pace=200") }
+        local c = llamacpp.new{ endpoint = srv:replay("chat_stream_usage", SLOW) }
         for _ = 1, 3 do streams[#streams + 1] = c:open_stream{ messages = MSGS } end
       end
       for _, s in ipairs(streams) do assert.equal("content", s:next().type) end
@@ -137,7 +151,8 @@ describe("object lifetimes", function()
     assert.has_error(function() t:response() end)
     assert.has_error(function() t:take() end)
     -- a session closed under a running transfer: the transfer ends "cancelled"
-    local t2 = session:open{ url = srv:replay("chat_stream_usage", "pace=20") .. "/x",
+    -- (SLOW: still running when the session closes)
+    local t2 = session:open{ url = srv:replay("chat_stream_usage", SLOW) .. "/x",
                              method = "POST", body = "{}", framing = "sse" }
     assert.truthy(t2:next())
     session:close()
@@ -211,7 +226,7 @@ for i = 1, 3 do
 end
 for _, s in ipairs(keep) do s:next() end
 keep.session = require("llamacpp.core").session()     -- one with nothing in it
-]]):format(srv:replay("chat_stream_usage", "pace=200"))
+]]):format(srv:replay("chat_stream_usage", SLOW))
     local endings = {
       "io.write('end')",                                  -- lua_close at the end of the script
       "io.write('end') os.exit(0, true)",                 -- closes the state too

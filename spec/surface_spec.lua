@@ -135,10 +135,11 @@ describe("llamacpp.client surface", function()
 
     it("wait_ready polls through the loading phase", function()
       srv:write("warming", util.fixture("health_loading"))
-      -- a second process turns the server ready a little later
+      -- a second process turns the server ready a second later (the first
+      -- poll, at once, sees it loading even on a busy machine)
       local dst = srv.scratch .. "/warming.response"
       local src = "spec/fixtures/health_loading_first_ok.response"
-      os.execute("(sleep 0.4 && cp '" .. src .. "' '" .. dst .. "') >/dev/null 2>&1 &")
+      os.execute("(sleep 1 && cp '" .. src .. "' '" .. dst .. "') >/dev/null 2>&1 &")
       local c = client("warming")
       local ok, err = c:wait_ready{ timeout = 20, interval = 0.05 }
       assert.is_nil(err)
