@@ -14,7 +14,7 @@ local function run(script, env, args)
   cmd[#cmd + 1] = "timeout 60 " .. LUA .. " " .. script
   for _, a in ipairs(args or {}) do cmd[#cmd + 1] = "'" .. a .. "'" end
   cmd[#cmd + 1] = ">" .. out .. " 2>" .. err .. "; echo $?"
-  local h = io.popen("env -u http_proxy -u HTTP_PROXY " .. table.concat(cmd, " "))
+  local h = io.popen(util.CLEAN_ENV .. " " .. table.concat(cmd, " "))
   local code = tonumber(h:read("*a"))
   h:close()
   local o, e = util.read(out), util.read(err)

@@ -140,7 +140,7 @@ describe("object lifetimes", function()
   it("transfers and sessions of the core: close twice, use after close raises", function()
     local session = core.session()
     local t = session:open{ url = srv:replay("chat_stream_usage", "pace=20") .. "/v1/chat/completions",
-                            method = "POST", body = "{}", framing = "sse" }
+                            method = "POST", body = "{}", framing = "sse", proxy = "" }
     assert.truthy(t:next())
     t:close()
     t:close()
@@ -153,7 +153,7 @@ describe("object lifetimes", function()
     -- a session closed under a running transfer: the transfer ends "cancelled"
     -- (SLOW: still running when the session closes)
     local t2 = session:open{ url = srv:replay("chat_stream_usage", SLOW) .. "/x",
-                             method = "POST", body = "{}", framing = "sse" }
+                             method = "POST", body = "{}", framing = "sse", proxy = "" }
     assert.truthy(t2:next())
     session:close()
     session:close()
@@ -189,7 +189,7 @@ describe("object lifetimes", function()
     end
     full_gc()
     -- the session still works
-    local t = session:open{ url = srv:replay("chat_nonstream") .. "/x" }
+    local t = session:open{ url = srv:replay("chat_nonstream") .. "/x", proxy = "" }
     repeat local more = t:next() until more == nil
     assert.equal(200, t:response().status)
     t:close()

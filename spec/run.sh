@@ -4,6 +4,9 @@
 # Ends with one line "N passed, N failed, N skipped" summing them all.
 set -u
 cd "$(dirname "$0")/.." || exit 2
+# The caller's Lua settings must not change what is tested: busted and the
+# modules come from the system's paths and this tree (.busted), nothing else.
+for v in "" _5_1 _5_2 _5_3 _5_4; do unset "LUA_PATH$v" "LUA_CPATH$v" "LUA_INIT$v"; done
 LUAS="lua5.4 luajit lua5.3 lua5.2 lua5.1"
 for lua in $LUAS; do make -s all LUA=$lua || exit 2; done
 make -s build/sse_test || exit 2

@@ -2,6 +2,7 @@
 -- with replies queued in order and a log of what their code sent.
 local llamacpp = require "llamacpp"
 local testing = require "llamacpp.testing"
+local util = require "spec.util"
 
 local MSGS = { { role = "user", content = "hi" } }
 
@@ -90,7 +91,7 @@ describe("llamacpp.testing", function()
     fake:reply{ tool_calls = { { name = "add", arguments = { a = 12.5, b = 30 } } } }
     fake:reply{ content = "12.5 + 30 = 42.5." }
     local lua = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
-    local p = io.popen("env -u http_proxy LLAMACPP_ENDPOINT=" .. fake.endpoint ..
+    local p = io.popen(util.CLEAN_ENV .. " LLAMACPP_ENDPOINT=" .. fake.endpoint ..
                        " timeout 60 " .. lua .. " examples/agent.lua 'What is 12.5 + 30?' 2>&1; echo rc=$?")
     local out = p:read("*a")
     p:close()

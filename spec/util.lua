@@ -105,6 +105,19 @@ function M.child_head()
     "./lua/?.lua;./lua/?/init.lua;./spec/?.lua;", package.cpath:match("^[^;]*") .. ";")
 end
 
+-- A command prefix that runs a child without the caller's settings: the
+-- endpoints, keys, hosts and limits the examples read (a user's real
+-- ANTHROPIC_API_KEY must not send a spec's prompt to the Internet), proxies,
+-- and Lua's own search paths and init code.
+local UNSET = { "LLAMACPP_ENDPOINT", "LLAMA_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_MODEL",
+                "OPENAI_API_KEY", "OLLAMA_HOST", "OLLAMA_MODEL", "MAX_TOKENS",
+                "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                "no_proxy", "NO_PROXY", "LUA_PATH", "LUA_CPATH", "LUA_INIT" }
+for _, v in ipairs { "5_1", "5_2", "5_3", "5_4" } do
+  for _, n in ipairs { "LUA_PATH_", "LUA_CPATH_", "LUA_INIT_" } do UNSET[#UNSET + 1] = n .. v end
+end
+M.CLEAN_ENV = "env -u " .. table.concat(UNSET, " -u ")
+
 -- Starts the Lua code `code` in a child process (M.lua(), with
 -- M.child_head() first), killed after `limit` seconds (default 60)
 -- whatever happens: a hang guard, not a measure. Returns a function that
@@ -114,7 +127,7 @@ function M.spawn(code, limit)
   local f = assert(io.open(script, "w"))
   f:write(M.child_head(), code)
   f:close()
-  local p = assert(io.popen("exec timeout -k 5 " .. tostring(limit or 60) .. " " .. M.lua() ..
+  local p = assert(io.popen("exec " .. M.CLEAN_ENV .. " timeout -k 5 " .. tostring(limit or 60) .. " " .. M.lua() ..
                             " " .. script .. " 2>&1", "r"))
   return function()
     local out = p:read("*a")
