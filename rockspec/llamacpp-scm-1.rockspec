@@ -44,6 +44,7 @@ build = {
     ["llamacpp.text"] = "lua/llamacpp/text.lua",
     ["llamacpp.testing"] = "lua/llamacpp/testing.lua",
     ["llamacpp.testing.render"] = "lua/llamacpp/testing/render.lua",
+    ["llamacpp.testing.models"] = "lua/llamacpp/testing/models.lua",
     ["llamacpp.testing.server"] = "lua/llamacpp/testing/server.lua",
     ["llamacpp.router"] = "lua/llamacpp/router.lua",
     ["llamacpp.router.config"] = "lua/llamacpp/router/config.lua",

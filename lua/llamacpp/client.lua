@@ -287,10 +287,105 @@ M.steps = steps
 function M.begin(c, method, path, body_table) return c:_begin(method, path, body_table) end
 function M.complete(c, t, err, raw, parse) return c:_complete(t, err, raw, parse) end
 
+-- {=== router mode: one server, many models ===
+-- llama-server started with --models-dir (or llama-swap) routes every
+-- request by its model: POSTs by the body's `model`, GETs by `?model=`.
+
+-- The body of a POST with the model it is for: its own, else the client's.
+local function with_model(self, body)
+  if body.model == nil then body.model = self.model end
+  return body
+end
+
+local function url_escape(s)
+  return (s:gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+end
+
+-- The path of a GET with `?model=` (opts.model, else the client's) and
+-- `autoload=` (opts.autoload); a single-model server ignores them.
+local function get_path(self, path, opts, fname)
+  if opts == nil then opts = {} end
+  args.check(type(opts) == "table", 1, fname, args.expected("table", opts))
+  local model = opts.model
+  if model == nil then model = self.model end
+  args.check(model == nil or type(model) == "string", 1, fname, "'model' must be a string")
+  args.check(opts.autoload == nil or type(opts.autoload) == "boolean", 1, fname, "'autoload' must be a boolean")
+  local q = {}
+  if model ~= nil then q[#q + 1] = "model=" .. url_escape(model) end
+  if opts.autoload ~= nil then q[#q + 1] = "autoload=" .. tostring(opts.autoload) end
+  return #q > 0 and path .. "?" .. table.concat(q, "&") or path, model
+end
+
+-- The router-mode refusals (errors.lua gives them their codes).
+local MODEL_CODES = { model_required = true, model_not_found = true, model_not_loaded = true,
+                      model_failed = true }
+
+-- The names a /v1/models answer lists (ids, then aliases).
+local function served_names(obj)
+  local out = {}
+  for _, d in ipairs(type(obj) == "table" and type(obj.data) == "table" and obj.data or {}) do
+    if type(d) == "table" and type(d.id) == "string" then out[#out + 1] = d.id end
+  end
+  return out
+end
+
+-- Completes a router-mode refusal: the model asked for, what to do, and
+-- what the server serves (`served`, the names of its last /v1/models).
+local function explain(e, model, served)
+  e.model = model
+  local list = served and #served > 0 and ("; it serves: " .. table.concat(served, ", ")) or ""
+  local q = model and ("'" .. tostring(model) .. "'") or "(none)"
+  local code = e.code
+  if code == "model_required" then
+    e.message = e.message .. ": the server routes by model (router mode): pass model = \"NAME\"" ..
+                " to llamacpp.new or to this call" .. list
+  elseif code == "model_not_found" then
+    e.message = e.message .. (e.message:find("'", 1, true) and "" or (" (" .. q .. ")")) .. list
+  elseif code == "model_not_loaded" then
+    e.message = e.message .. ": model " .. q .. " is not loaded and the server does not autoload:" ..
+                " call client:load_model(" .. q:gsub("'", '"') .. ") or client:wait_ready{model = " ..
+                q:gsub("'", '"') .. "}"
+  elseif code == "model_failed" then
+    e.message = e.message .. ": the server process of model " .. q .. " exited while loading;" ..
+                " its log says why (GET /models shows status.exit_code)"
+  end
+  return e
+end
+
+-- One request of a step, through io. A router-mode refusal is explained,
+-- with the list of models (one GET /v1/models when none is known yet).
+local function request(io, self, method, path, body, raw, parse, model)
+  local res, err = io.request(self, method, path, body, raw, parse)
+  if res == nil and err and MODEL_CODES[err.code] then
+    local priv = private[self]
+    if not priv.served and (err.code == "model_required" or err.code == "model_not_found") then
+      local obj = io.request(self, "GET", "/v1/models")
+      if obj then priv.served = served_names(obj) end
+    end
+    if model == nil and type(body) == "table" then model = body.model end
+    explain(err, model, priv.served)
+  end
+  return res, err
+end
+
+-- `stream` in a request is the method's to set: a call that answers
+-- whole refuses `stream = true`, a streaming one `stream = false`.
+local function check_stream_flag(req, fname, streaming)
+  local v = req.stream
+  if v == nil or v == streaming then return end
+  local twin = streaming and fname:gsub("_stream$", ""):gsub("^open$", "chat") or fname .. "_stream"
+  args.check(false, 1, fname, "'stream = " .. tostring(v) .. "' contradicts " .. fname ..
+             " (" .. (streaming and "it streams" or "it answers whole") .. "): use " .. twin)
+end
+M.check_stream_flag = check_stream_flag
+
+-- }===
+
 function steps.chat(io, self, req)
   args.check(type(req) == "table", 1, "chat", args.expected("table", req))
+  check_stream_flag(req, "chat", false)
   local p = self.provider
-  local res, err = io.request(self, "POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
+  local res, err = request(io, self, "POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
   if not res then return nil, err end
   res.provider = p.name
   return res
@@ -374,8 +469,9 @@ end
 
 function Stream:_fail(e)
   local c = self.client
-  self:_finish({ type = "error",
-                 error = c:_error(e, secrets[self], self.dec:partial(), self.nevents) })
+  e = c:_error(e, secrets[self], self.dec:partial(), self.nevents)
+  if MODEL_CODES[e.code] then explain(e, self.model, private[c].served) end
+  self:_finish({ type = "error", error = e })
 end
 
 -- The transfer ended without a transport error: judge what came.
@@ -491,16 +587,17 @@ end
 -- @treturn Stream
 function Client:open_stream(req, opts)
   args.check(type(req) == "table", 1, "open_stream", args.expected("table", req))
+  check_stream_flag(req, "open_stream", true)
   opts = check_stream_opts(opts, "open_stream")
   local p = self.provider
-  local body = json.encode(p.chat_body(req, true, self.model))
-  local t = self:_open("POST", p.chat_path, body, p.framing, p.template)
-  return self:_stream(t, p.decoder(opts))
+  local body = p.chat_body(req, true, self.model)
+  local t = self:_open("POST", p.chat_path, json.encode(body), p.framing, p.template)
+  return self:_stream(t, p.decoder(opts), body.model)
 end
 
--- A Stream over transfer t, read with decoder dec.
-function Client:_stream(t, dec)
-  local s = setmetatable({ client = self, t = t, dec = dec,
+-- A Stream over transfer t, read with decoder dec, for `model`.
+function Client:_stream(t, dec, model)
+  local s = setmetatable({ client = self, t = t, dec = dec, model = model,
                            q = {}, qh = 1, qt = 0, nevents = 0,
                            ended = false, closed = false }, Stream)
   s.push = function(ev) s:_push(ev) end
@@ -538,20 +635,158 @@ local function copy(t, into)
   return into
 end
 
-function steps.health(io, self) return io.request(self, "GET", "/health") end
+-- {=== models: status, load, unload ===
+
+-- The state of one entry of /v1/models: router mode's status.value
+-- ("loaded", "loading", "unloaded", "sleeping", "downloading", ...),
+-- "failed" when its server process died; a single-model server's entries
+-- have no status: the model it serves is "loaded".
+local function model_state(d)
+  local st = d.status
+  if type(st) ~= "table" then return "loaded" end
+  if st.failed == true then return "failed" end
+  return type(st.value) == "string" and st.value or "unknown"
+end
+
+-- The entry of `name` (its id or one of its aliases) in a decoded
+-- /v1/models answer (states added), and whether the server routes by
+-- model (its entries have a status).
+local function find_model(obj, name)
+  local routed = false
+  for _, d in ipairs(obj.data) do
+    if type(d.status) == "table" then routed = true end
+    if d.id == name then return d, true end
+    for _, a in ipairs(type(d.aliases) == "table" and d.aliases or {}) do
+      if a == name then return d, true end
+    end
+  end
+  return nil, routed
+end
+
+function steps.models(io, self)
+  local obj, err = request(io, self, "GET", "/v1/models")
+  if not obj then return nil, err end
+  if type(obj.data) ~= "table" then obj.data = {} end
+  for _, d in ipairs(obj.data) do
+    if type(d) == "table" then d.state = model_state(d) end
+  end
+  private[self].served = served_names(obj)
+  return obj
+end
+
+--- GET /v1/models: the server's answer, each entry of `data` with a
+-- normalised `state`: `"loaded"`, `"loading"`, `"unloaded"`, `"sleeping"`,
+-- `"downloading"`, ... as a router-mode server says (`status.value`),
+-- `"failed"` when the model's server process died (`status.failed`,
+-- `status.exit_code`); a single-model server's model is `"loaded"`.
+-- @within Client
+function Client:models() return steps.models(blocking, self) end
+
+-- The Error for model `name` as the server's list shows it: not served,
+-- or its server process died (kind "model").
+local function model_error(self, name, d, served)
+  local label = self.provider.label
+  if not d then
+    return explain(errors.new("model", label .. " at " .. self.endpoint .. ": model '" .. name ..
+                              "' not found", { code = "model_not_found" }), name, served)
+  end
+  local code = type(d.status) == "table" and tonumber(d.status.exit_code)
+  return explain(errors.new("model", label .. " at " .. self.endpoint .. ": model '" .. name ..
+                            "' failed to load (exit code " .. tostring(code) .. ")",
+                            { code = "model_failed", exit_code = code }), name, nil)
+end
+
+local function load_request(io, self, what, name, fname)
+  args.check(type(name) == "string" and name ~= "", 1, fname, "a model name (string) expected")
+  local obj, err = request(io, self, "POST", "/models/" .. what, { model = name })
+  if obj then return true end
+  -- the state the caller asked for is already there
+  local words = err.server and err.server.message
+  if words == (what == "load" and "model is already running" or "model is not running") then
+    return true
+  end
+  if err.status == 404 and err.code ~= "model_not_found" then
+    err.message = err.message .. " (POST /models/" .. what .. ": the server does not manage models;" ..
+                  " only llama-server in router mode, --models-dir or --models-preset, does)"
+  end
+  return nil, err
+end
+
+function steps.load_model(io, self, name) return load_request(io, self, "load", name, "load_model") end
+function steps.unload_model(io, self, name) return load_request(io, self, "unload", name, "unload_model") end
+
+--- Asks a router-mode server to start model `name` (POST /models/load).
+-- The server answers at once and loads afterwards: see
+-- @{Client:wait_ready} with `model`. A model already running is no error.
+-- true, or nil and the Error (`code = "model_not_found"` for a name it
+-- does not serve).
+-- @within Client
+function Client:load_model(name) return steps.load_model(blocking, self, name) end
+
+--- Asks a router-mode server to stop model `name` (POST /models/unload);
+-- one not running is no error. true, or nil and the Error.
+-- @within Client
+function Client:unload_model(name) return steps.unload_model(blocking, self, name) end
+
+-- }===
+
+function steps.health(io, self, opts)
+  if opts == nil then return io.request(self, "GET", "/health") end
+  args.check(type(opts) == "table", 1, "health", args.expected("table", opts))
+  local name = opts.model
+  if name == nil then return io.request(self, "GET", "/health") end
+  args.check(type(name) == "string", 1, "health", "'model' must be a string")
+  local obj, err = steps.models(io, self)
+  if not obj then return nil, err end
+  local d, routed = find_model(obj, name)
+  if not routed then return { status = "ok", model = name, state = "loaded" } end
+  if not d or d.state == "failed" then return nil, model_error(self, name, d, private[self].served) end
+  return { status = "ok", model = name, state = d.state }
+end
 
 --- GET /health: {status = "ok"}, or nil, Error (503 "Loading model" is an
--- http error with retryable = true).
+-- http error with retryable = true). With opts.model, that model on a
+-- router-mode server (whose own /health says nothing of its models):
+-- {status = "ok", model =, state =} while the server lists it and it has
+-- not failed (an unloaded one loads on demand), else an Error of kind
+-- `model` (code `model_not_found`, or `model_failed` with `exit_code`).
 -- @within Client
-function Client:health() return steps.health(blocking, self) end
+function Client:health(opts) return steps.health(blocking, self, opts) end
 
 function steps.wait_ready(io, self, opts)
   if opts == nil then opts = {} end
   args.check(type(opts) == "table", 1, "wait_ready", args.expected("table", opts))
+  args.check(opts.model == nil or type(opts.model) == "string", 1, "wait_ready", "'model' must be a string")
   local timeout, interval = opts.timeout or 60, opts.interval or 0.25
   local deadline = core.now() + timeout * 1000
+  local name, asked = opts.model, opts.load == false
   while true do
-    local ok, err = steps.health(io, self)
+    local ok, err
+    if name == nil then
+      ok, err = steps.health(io, self)
+    else
+      local obj
+      obj, err = steps.models(io, self)
+      if obj then
+        local d, routed = find_model(obj, name)
+        if not routed then
+          ok = true                          -- one model: the server is up
+        elseif not d or d.state == "failed" then
+          return nil, model_error(self, name, d, private[self].served)
+        elseif d.state == "loaded" or d.state == "sleeping" then
+          ok = true                          -- sleeping: the next request wakes it
+        else
+          if d.state == "unloaded" and not asked then
+            asked = true
+            local lok, lerr = steps.load_model(io, self, name)
+            if not lok then return nil, lerr end
+          end
+          err = errors.new("timeout", "model '" .. name .. "' is still " .. d.state ..
+                           " at " .. self.endpoint, { phase = "total", retryable = true,
+                                                      code = "model_not_ready" })
+        end
+      end
+    end
     if ok then return true end
     if not err.retryable or core.now() + interval * 1000 > deadline then
       return nil, err
@@ -560,37 +795,42 @@ function steps.wait_ready(io, self, opts)
   end
 end
 
---- Polls /health until the server is ready (through the 503 "Loading
--- model" phase and a server still starting). opts.timeout (seconds,
--- default 60), opts.interval (seconds, default 0.25). true, or nil and
--- the last Error.
+--- Polls until the server is ready: /health (through the 503 "Loading
+-- model" phase and a server still starting), or with opts.model, until
+-- that model is loaded on a router-mode server (GET /v1/models), loading
+-- it first when it is unloaded unless opts.load is false; a model that
+-- failed, or that the server does not serve, ends the wait at once (kind
+-- `model`). opts.timeout (seconds, default 60), opts.interval (seconds,
+-- default 0.25). true, or nil and the last Error.
 -- @within Client
 function Client:wait_ready(opts) return steps.wait_ready(blocking, self, opts) end
 
-function steps.models(io, self) return io.request(self, "GET", "/v1/models") end
-function steps.props(io, self) return io.request(self, "GET", "/props") end
-function steps.slots(io, self) return io.request(self, "GET", "/slots") end
-function steps.metrics(io, self) return io.request(self, "GET", "/metrics", nil, true) end
+function steps.props(io, self, opts) return request(io, self, "GET", get_path(self, "/props", opts, "props")) end
+function steps.slots(io, self, opts) return request(io, self, "GET", get_path(self, "/slots", opts, "slots")) end
+function steps.metrics(io, self, opts)
+  return request(io, self, "GET", get_path(self, "/metrics", opts, "metrics"), nil, true)
+end
 
---- GET /v1/models: the decoded answer (`data` and `models` lists).
+--- GET /props: server and model properties (chat template, n_ctx, ...);
+-- on a router-mode server, those of opts.model (else the client's model;
+-- without one, the router's own `{role = "router", ...}`).
+-- opts.autoload = false: do not start the model for this.
 -- @within Client
-function Client:models() return steps.models(blocking, self) end
+function Client:props(opts) return steps.props(blocking, self, opts) end
 
---- GET /props: server and model properties (chat template, n_ctx, ...).
+--- GET /slots (on by default; off with the server flag no-slots): array
+-- of slots (opts.model, opts.autoload as for props).
 -- @within Client
-function Client:props() return steps.props(blocking, self) end
+function Client:slots(opts) return steps.slots(blocking, self, opts) end
 
---- GET /slots (on by default; off with the server flag no-slots): array of slots.
+--- GET /metrics (needs the server flag metrics): Prometheus text
+-- (opts.model, opts.autoload as for props).
 -- @within Client
-function Client:slots() return steps.slots(blocking, self) end
-
---- GET /metrics (needs the server flag metrics): Prometheus text.
--- @within Client
-function Client:metrics() return steps.metrics(blocking, self) end
+function Client:metrics(opts) return steps.metrics(blocking, self, opts) end
 
 function steps.tokenize(io, self, text, opts)
   args.check(type(text) == "string", 1, "tokenize", args.expected("string", text))
-  local obj, err = io.request(self, "POST", "/tokenize", copy(opts, { content = text }))
+  local obj, err = request(io, self, "POST", "/tokenize", with_model(self, copy(opts, { content = text })))
   if not obj then return nil, err end
   return obj.tokens
 end
@@ -600,22 +840,26 @@ end
 -- @within Client
 function Client:tokenize(text, opts) return steps.tokenize(blocking, self, text, opts) end
 
-function steps.detokenize(io, self, tokens)
+function steps.detokenize(io, self, tokens, opts)
   args.check(type(tokens) == "table", 1, "detokenize", args.expected("table", tokens))
-  local obj, err = io.request(self, "POST", "/detokenize", { tokens = json.array(copy(tokens)) })
+  args.check(opts == nil or type(opts) == "table", 2, "detokenize", args.expected("table", opts))
+  local body = with_model(self, copy(opts, { tokens = json.array(copy(tokens)) }))
+  local obj, err = request(io, self, "POST", "/detokenize", body)
   if not obj then return nil, err end
   return obj.content
 end
 
---- POST /detokenize: the text of an array of token ids.
+--- POST /detokenize: the text of an array of token ids (opts.model: for
+-- that model).
 -- @within Client
-function Client:detokenize(tokens) return steps.detokenize(blocking, self, tokens) end
+function Client:detokenize(tokens, opts) return steps.detokenize(blocking, self, tokens, opts) end
 
 function steps.apply_template(io, self, req)
   args.check(type(req) == "table", 1, "apply_template", args.expected("table", req))
+  check_stream_flag(req, "apply_template", false)
   local body = self.provider.chat_body(req, false, self.model)
-  body.max_tokens, body.stream, body.model = nil, nil, nil
-  local obj, err = io.request(self, "POST", "/apply-template", body)
+  body.max_tokens, body.stream = nil, nil
+  local obj, err = request(io, self, "POST", "/apply-template", body)
   if not obj then return nil, err end
   return obj.prompt
 end
@@ -628,9 +872,7 @@ function Client:apply_template(req) return steps.apply_template(blocking, self, 
 function steps.embeddings(io, self, input, opts)
   args.check(type(input) == "string" or type(input) == "table", 1, "embeddings",
              args.expected("string or table", input))
-  local body = copy(opts, { input = input })
-  if body.model == nil then body.model = self.model end
-  local obj, err = io.request(self, "POST", "/v1/embeddings", body)
+  local obj, err = request(io, self, "POST", "/v1/embeddings", with_model(self, copy(opts, { input = input })))
   if not obj then return nil, err end
   local out = {}
   for i, d in ipairs(type(obj.data) == "table" and obj.data or {}) do
@@ -650,9 +892,8 @@ function Client:embeddings(input, opts) return steps.embeddings(blocking, self, 
 function steps.rerank(io, self, query, documents, opts)
   args.check(type(query) == "string", 1, "rerank", args.expected("string", query))
   args.check(type(documents) == "table", 2, "rerank", args.expected("table", documents))
-  local body = copy(opts, { query = query, documents = json.array(copy(documents)) })
-  if body.model == nil then body.model = self.model end
-  local obj, err = io.request(self, "POST", "/v1/rerank", body)
+  local body = with_model(self, copy(opts, { query = query, documents = json.array(copy(documents)) }))
+  local obj, err = request(io, self, "POST", "/v1/rerank", body)
   if not obj then return nil, err end
   local results = type(obj.results) == "table" and obj.results or {}
   for _, r in ipairs(results) do
@@ -667,24 +908,25 @@ end
 -- @within Client
 function Client:rerank(query, documents, opts) return steps.rerank(blocking, self, query, documents, opts) end
 
-local function native_body(fname, req, stream, need)
+local function native_body(self, fname, req, stream, need)
   args.check(type(req) == "table", 1, fname, args.expected("table", req))
   if need then
     args.check(req[need] ~= nil, 1, fname, "'" .. need .. "' is required")
   end
-  local body = copy(req)
+  check_stream_flag(req, fname, stream)
+  local body = with_model(self, copy(req))
   body.stream = stream
   return body
 end
 
 local function native_stream(self, path, body, opts)
   local t = self:_open("POST", path, json.encode(body), "sse")
-  local s = self:_stream(t, native.decoder(opts))
+  local s = self:_stream(t, native.decoder(opts), body.model)
   return function() return s:next() end, s, nil, s
 end
 
 function steps.completion(io, self, req)
-  return io.request(self, "POST", "/completion", native_body("completion", req, false, "prompt"),
+  return request(io, self, "POST", "/completion", native_body(self, "completion", req, false, "prompt"),
                     false, native.result)
 end
 
@@ -698,12 +940,12 @@ function Client:completion(req) return steps.completion(blocking, self, req) end
 -- `probs` when n_probs is set; done; error).
 -- @within Client
 function Client:completion_stream(req, opts)
-  return native_stream(self, "/completion", native_body("completion_stream", req, true, "prompt"),
+  return native_stream(self, "/completion", native_body(self, "completion_stream", req, true, "prompt"),
                        check_stream_opts(opts, "completion_stream"))
 end
 
 function steps.infill(io, self, req)
-  return io.request(self, "POST", "/infill", native_body("infill", req, false, "input_prefix"),
+  return request(io, self, "POST", "/infill", native_body(self, "infill", req, false, "input_prefix"),
                     false, native.result)
 end
 
@@ -715,7 +957,7 @@ function Client:infill(req) return steps.infill(blocking, self, req) end
 --- The same, streamed.
 -- @within Client
 function Client:infill_stream(req, opts)
-  return native_stream(self, "/infill", native_body("infill_stream", req, true, "input_prefix"),
+  return native_stream(self, "/infill", native_body(self, "infill_stream", req, true, "input_prefix"),
                        check_stream_opts(opts, "infill_stream"))
 end
 
@@ -730,6 +972,7 @@ end
 -- the loop ends; elsewhere use open_stream and :close() on early exit.
 function Client:chat_stream(req, opts)
   args.check(type(req) == "table", 1, "chat_stream", args.expected("table", req))
+  check_stream_flag(req, "chat_stream", true)
   local s = self:open_stream(req, check_stream_opts(opts, "chat_stream"))
   return function() return s:next() end, s, nil, s
 end

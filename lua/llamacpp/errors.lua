@@ -53,6 +53,18 @@ function M.parse_retry_after(v, now)
   return delta > 0 and delta or 0
 end
 
+-- llama-server in router mode (several models behind one server,
+-- tools/server/server-models.cpp): its refusals about the model, by their
+-- wording, each with a code of its own (the server's type stays in
+-- e.server.type). The client adds the model and what to do.
+local MODEL_REFUSALS = {
+  { "^model name is missing from the request$", "model_required" },
+  { "^model '.*' not found$", "model_not_found" },
+  { "^model is not found$", "model_not_found" },          -- /models/load, /models/unload
+  { "^model is not loaded$", "model_not_loaded" },        -- autoload off
+  { "^model name=.* failed to load$", "model_failed" },   -- its child process died
+}
+
 --- The error for an HTTP answer with status >= 400 (or an error object in
 -- a 200 stream). Parses `{"error":{"code","message","type",...}}` and
 -- OpenAI/Anthropic-style variants; keeps the body, capped.
@@ -89,6 +101,15 @@ function M.http(status, body, headers, label)
     e.request_id = headers["x-request-id"] or headers["request-id"]
   end
   if e.code == "overloaded_error" then e.retryable = true end
+  if e.server then
+    for _, r in ipairs(MODEL_REFUSALS) do
+      if detail:find(r[1]) then
+        e.code = r[2]
+        e.retryable = false       -- the same request gets the same answer
+        break
+      end
+    end
+  end
   return M.new("http", (label or "server") .. " error (" .. tostring(status) .. "): " .. detail, e)
 end
 

@@ -146,6 +146,37 @@ function Server:reply(reply)
   return self
 end
 
+--- A fake llama-server in router mode (several models behind one server,
+-- as `llama-server --models-dir DIR`), on this server: returns its
+-- endpoint (a URL prefix; each call makes a new router with its own state).
+-- It routes POSTs by the body's `model` and GETs by `?model=`, answers the
+-- router's 400s (no model, an unknown one, one not loaded with autoload
+-- off), lists the models with their status on `GET /models`, loads and
+-- unloads them (`POST /models/load`, `/models/unload`), and names the
+-- model that served each answer (chat content "model NAME", props'
+-- `model_alias`, ...). conf fields (all optional):
+--   models     {"a", {name = "b", fail = 1, n_ctx = 2048, aliases = {"c"}}, ...}
+--              (default {"tiny", "tiny-tools"}); `fail` = the exit code of a
+--              child that dies while loading
+--   loaded     names running at the start (default none)
+--   load_time  seconds a load takes (default 0.2)
+--   autoload   false: a request to a model not running is refused (default true)
+--   metrics, embeddings   true: the router was started with these flags
+--              (else the child answers 501)
+function Server:router(conf)
+  conf = conf or {}
+  args.check(type(conf) == "table", 1, "router", args.expected("table", conf))
+  if conf.models == nil then conf.models = { "tiny", "tiny-tools" } end
+  args.check(type(conf.models) == "table" and #conf.models > 0, 1, "router",
+             "'models' must be a non-empty list")
+  self.nrouters = (self.nrouters or 0) + 1
+  local id = "r" .. self.nrouters
+  local f = assert(io.open(self.scratch .. "/router." .. id .. ".json", "wb"))
+  f:write(cjson.encode(conf))
+  f:close()
+  return self.url .. "/router/" .. id
+end
+
 -- URL prefix that replays NAME.response with the given options ("-" for none).
 function Server:replay(name, opts)
   return self.url .. "/replay/" .. name .. "/" .. (opts or "-")

@@ -368,7 +368,7 @@ local function run_method(client, name, args_, on_done, uv, on_error)
 end
 
 --- Calls a client method on the loop, the same method the client has:
--- `health`, `wait_ready`, `models`, `props`, `slots`, `metrics`,
+-- `health`, `wait_ready`, `models`, `load_model`, `unload_model`, `props`, `slots`, `metrics`,
 -- `tokenize`, `detokenize`, `apply_template`, `embeddings`, `rerank`,
 -- `completion`, `infill` or `chat`. `args` are its arguments, in a list
 -- (`{ "some text", { with_pieces = true } }`); on_done gets what it
@@ -439,15 +439,15 @@ end
 
 local function health_check(uv, opts)
   local Plan = require "llamacpp.router.plan"
-  local hopts = { uv = uv, on_error = opts and opts.on_error }
+  local on_error = opts and opts.on_error
   return function(router, rec, at)
     if not (router.health and rec.health_client) or rec.health_pending then return end
     if rec.checked_at and at - rec.checked_at < router.health.interval then return end
     rec.health_pending = true
-    whole(rec.health_client, uv, "GET", "/health", nil, false, nil, function(obj, err)
+    run_method(rec.health_client, "health", { Plan.health_opts(rec) }, function(obj, err)
       rec.health_pending = nil
       Plan.health_answer(router, rec, obj, err)
-    end, hopts)
+    end, uv, on_error)
   end
 end
 

@@ -94,8 +94,15 @@ end
 function M.check_health(router, rec, now)
   if not (router.health and rec.health_client) then return end
   if rec.checked_at and now - rec.checked_at < router.health.interval then return end
-  local obj, err = rec.health_client:health()
+  local obj, err = rec.health_client:health(M.health_opts(rec))
   M.health_answer(router, rec, obj, err)
+end
+
+--- What a deployment's health check asks: its model, when it names one
+-- (on a router-mode server /health is the router's own: the model's
+-- state is in its list of models).
+function M.health_opts(rec)
+  return rec.model and { model = rec.model } or nil
 end
 
 -- What a health check answered.
@@ -264,6 +271,11 @@ end
 
 -- What the end of an attempt means: a whole answer res (err nil) or an
 -- error. See the top of this file.
+-- Answers that say this deployment cannot serve the request's model,
+-- though another one may (router mode: not served there, not loaded, its
+-- server process died): not retryable on it, but the next one is tried.
+local DEPLOYMENT_FAULTS = { model_not_found = true, model_not_loaded = true, model_failed = true }
+
 function Plan:outcome(it, err, res)
   self:close()
   local rec = it.rec
@@ -274,7 +286,7 @@ function Plan:outcome(it, err, res)
   end
   label(err, it)
   failed(self.router, rec, err)
-  if self.delivered == 0 and err.retryable then
+  if self.delivered == 0 and (err.retryable or DEPLOYMENT_FAULTS[err.code]) then
     self:record(it, err)
     return "next"
   end
