@@ -52,6 +52,22 @@ describe("examples", function()
     assert.matches("512 generated tokens; replayed", out)
   end)
 
+  it("models.lua lists the models, loads, asks each and unloads (router mode)", function()
+    local ep = srv:router{ models = { "tiny", "tiny-tools" }, loaded = { "tiny" }, load_time = 0.05 }
+    local code, out, err = run("examples/models.lua", { LLAMACPP_ENDPOINT = ep })
+    assert.equal(0, code, err)
+    assert.matches("tiny%s+loaded\n", out)
+    assert.matches("tiny%-tools%s+unloaded\n", out)
+    assert.matches("%[tiny%] model tiny\n", out)
+    assert.matches("%[tiny%-tools%] model tiny%-tools\n", out)
+    assert.matches("unloaded tiny%-tools\n", out)
+    local loads = 0
+    for _, r in ipairs(srv:requests()) do
+      if r.path:find("/models/load", 1, true) then loads = loads + 1 end
+    end
+    assert.equal(1, loads)                       -- only the unloaded one
+  end)
+
   it("parallel.lua prints every answer", function()
     local want = util.expected("chat_stream_usage").content
     local code, out = run("examples/parallel.lua", { LLAMACPP_ENDPOINT = srv:replay("chat_stream_usage", "pace=1") },
