@@ -27,7 +27,10 @@ for _, d in ipairs(list.data) do
   print(("%-24s %s"):format(d.id, d.state))
   names[#names + 1] = d.id
 end
-if arg and arg[1] then names = { (table.unpack or unpack)(arg) } end
+if arg and arg[1] then
+  names = {}
+  for i = 1, #arg do names[i] = arg[i] end
+end
 
 for _, name in ipairs(names) do
   -- loads it when it is unloaded, and waits until it is loaded (or failed)

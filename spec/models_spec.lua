@@ -220,7 +220,8 @@ describe("router mode (many models behind one server)", function()
       local c = llamacpp.new{ endpoint = srv:router{}, model = "tiny" }
       local msgs = { { role = "user", content = "x" } }
       local cases = {
-        { function() c:chat{ messages = msgs, stream = true } end, "'stream = true' contradicts chat.*use chat_stream" },
+        { function() c:chat{ messages = msgs, stream = true } end,
+          "'stream = true' contradicts chat.*use chat_stream" },
         { function() c:completion{ prompt = "x", stream = true } end, "contradicts completion.*use completion_stream" },
         { function() c:infill{ input_prefix = "x", stream = true } end, "contradicts infill.*use infill_stream" },
         { function() c:chat_stream{ messages = msgs, stream = false } end, "contradicts chat_stream.*use chat%)" },

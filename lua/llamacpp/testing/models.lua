@@ -49,7 +49,7 @@ function M.new(conf)
 end
 
 -- The state of a model at time `now`: a load ends after load_time.
-function Router:status(m, now)
+function Router.status(_, m, now)
   if m.state == "loading" and now >= m.ready_at then
     if m.fail then m.state, m.exit_code = "unloaded", m.fail else m.state = "loaded" end
   end
@@ -148,14 +148,14 @@ function Router:answer(method, path, query, body, now)
   local function child(at)
     local failed = self:after_wait(m, at)
     if failed then return failed end
-    return self:child(m, method, path, body)
+    return self:child(m, path, body)
   end
   if wait and wait > 0 then return nil, wait, child end
   return child(now)
 end
 
 -- What the model's own server (the child) answers.
-function Router:child(m, method, path, body)
+function Router:child(m, path, body)
   body = type(body) == "table" and body or {}
   local text = "model " .. m.name
   local n = 0
