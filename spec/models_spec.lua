@@ -80,6 +80,8 @@ describe("router mode (many models behind one server)", function()
           assert.equal(1, #r)
           if r[1].method == "GET" then
             assert.matches("?model=" .. (m or "tiny"):gsub("%-", "%%-") .. "$", r[1].rel)
+            assert.is_nil(r[1].headers["content-length"], name .. ": a GET has no body")
+            assert.equal("", r[1].body or "")
           else
             assert.equal(m or "tiny", r[1].json.model)
           end

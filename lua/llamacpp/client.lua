@@ -301,26 +301,16 @@ local function url_escape(s)
   return (s:gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
 end
 
--- The path of a GET with `?model=` (opts.model, else the client's) and
--- `autoload=` (opts.autoload); a single-model server ignores them.
-local function get_path(self, path, opts, fname)
-  if opts == nil then opts = {} end
-  args.check(type(opts) == "table", 1, fname, args.expected("table", opts))
-  local model = opts.model
-  if model == nil then model = self.model end
-  args.check(model == nil or type(model) == "string", 1, fname, "'model' must be a string")
-  args.check(opts.autoload == nil or type(opts.autoload) == "boolean", 1, fname, "'autoload' must be a boolean")
-  local q = {}
-  if model ~= nil then q[#q + 1] = "model=" .. url_escape(model) end
-  if opts.autoload ~= nil then q[#q + 1] = "autoload=" .. tostring(opts.autoload) end
-  return #q > 0 and path .. "?" .. table.concat(q, "&") or path, model
-end
+-- A GET of `path` with `?model=` (opts.model, else the client's) and
+-- `autoload=` (opts.autoload), which a single-model server ignores; raw
+-- as for io.request. Defined below request(), which it calls.
+local get
 
 -- The router-mode refusals (errors.lua gives them their codes).
 local MODEL_CODES = { model_required = true, model_not_found = true, model_not_loaded = true,
                       model_failed = true }
 
--- The names a /v1/models answer lists (ids, then aliases).
+-- The model ids a /v1/models answer lists.
 local function served_names(obj)
   local out = {}
   for _, d in ipairs(type(obj) == "table" and type(obj.data) == "table" and obj.data or {}) do
@@ -368,6 +358,20 @@ local function request(io, self, method, path, body, raw, parse, model)
   return res, err
 end
 
+function get(io, self, path, opts, fname, raw)
+  if opts == nil then opts = {} end
+  args.check(type(opts) == "table", 1, fname, args.expected("table", opts))
+  local model = opts.model
+  if model == nil then model = self.model end
+  args.check(model == nil or type(model) == "string", 1, fname, "'model' must be a string")
+  args.check(opts.autoload == nil or type(opts.autoload) == "boolean", 1, fname, "'autoload' must be a boolean")
+  local q = {}
+  if model ~= nil then q[#q + 1] = "model=" .. url_escape(model) end
+  if opts.autoload ~= nil then q[#q + 1] = "autoload=" .. tostring(opts.autoload) end
+  if #q > 0 then path = path .. "?" .. table.concat(q, "&") end
+  return request(io, self, "GET", path, nil, raw, nil, model)
+end
+
 -- `stream` in a request is the method's to set: a call that answers
 -- whole refuses `stream = true`, a streaming one `stream = false`.
 local function check_stream_flag(req, fname, streaming)
@@ -377,7 +381,6 @@ local function check_stream_flag(req, fname, streaming)
   args.check(false, 1, fname, "'stream = " .. tostring(v) .. "' contradicts " .. fname ..
              " (" .. (streaming and "it streams" or "it answers whole") .. "): use " .. twin)
 end
-M.check_stream_flag = check_stream_flag
 
 -- }===
 
@@ -731,9 +734,8 @@ function Client:unload_model(name) return steps.unload_model(blocking, self, nam
 -- }===
 
 function steps.health(io, self, opts)
-  if opts == nil then return io.request(self, "GET", "/health") end
-  args.check(type(opts) == "table", 1, "health", args.expected("table", opts))
-  local name = opts.model
+  args.check(opts == nil or type(opts) == "table", 1, "health", args.expected("table", opts))
+  local name = opts and opts.model
   if name == nil then return io.request(self, "GET", "/health") end
   args.check(type(name) == "string", 1, "health", "'model' must be a string")
   local obj, err = steps.models(io, self)
@@ -760,34 +762,22 @@ function steps.wait_ready(io, self, opts)
   local timeout, interval = opts.timeout or 60, opts.interval or 0.25
   local deadline = core.now() + timeout * 1000
   local name, asked = opts.model, opts.load == false
+  local hopts = name and { model = name }
   while true do
-    local ok, err
-    if name == nil then
-      ok, err = steps.health(io, self)
-    else
-      local obj
-      obj, err = steps.models(io, self)
-      if obj then
-        local d, routed = find_model(obj, name)
-        if not routed then
-          ok = true                          -- one model: the server is up
-        elseif not d or d.state == "failed" then
-          return nil, model_error(self, name, d, private[self].served)
-        elseif d.state == "loaded" or d.state == "sleeping" then
-          ok = true                          -- sleeping: the next request wakes it
-        else
-          if d.state == "unloaded" and not asked then
-            asked = true
-            local lok, lerr = steps.load_model(io, self, name)
-            if not lok then return nil, lerr end
-          end
-          err = errors.new("timeout", "model '" .. name .. "' is still " .. d.state ..
-                           " at " .. self.endpoint, { phase = "total", retryable = true,
-                                                      code = "model_not_ready" })
-        end
+    -- with a model: its state (a model not served or failed is an Error
+    -- of kind "model", not retryable: the wait ends at once)
+    local h, err = steps.health(io, self, hopts)
+    local state = h and h.state
+    if state and state ~= "loaded" and state ~= "sleeping" then   -- unloaded, loading, ...
+      if state == "unloaded" and not asked then
+        asked = true
+        local lok, lerr = steps.load_model(io, self, name)
+        if not lok then return nil, lerr end
       end
+      h, err = nil, errors.new("timeout", "model '" .. name .. "' is still " .. state .. " at " .. self.endpoint,
+                               { phase = "total", retryable = true, code = "model_not_ready" })
     end
-    if ok then return true end
+    if h then return true end                -- loaded, or sleeping: the next request wakes it
     if not err.retryable or core.now() + interval * 1000 > deadline then
       return nil, err
     end
@@ -805,11 +795,9 @@ end
 -- @within Client
 function Client:wait_ready(opts) return steps.wait_ready(blocking, self, opts) end
 
-function steps.props(io, self, opts) return request(io, self, "GET", get_path(self, "/props", opts, "props")) end
-function steps.slots(io, self, opts) return request(io, self, "GET", get_path(self, "/slots", opts, "slots")) end
-function steps.metrics(io, self, opts)
-  return request(io, self, "GET", get_path(self, "/metrics", opts, "metrics"), nil, true)
-end
+function steps.props(io, self, opts) return get(io, self, "/props", opts, "props") end
+function steps.slots(io, self, opts) return get(io, self, "/slots", opts, "slots") end
+function steps.metrics(io, self, opts) return get(io, self, "/metrics", opts, "metrics", true) end
 
 --- GET /props: server and model properties (chat template, n_ctx, ...);
 -- on a router-mode server, those of opts.model (else the client's model;
