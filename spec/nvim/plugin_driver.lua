@@ -239,7 +239,8 @@ function scenarios.follow()
   not_busy(A.wait_ms)
   R.line_count = api.nvim_buf_line_count(plugin().buf())
   R.cursor = api.nvim_win_get_cursor(w)[1]
-  R.top, R.bottom = api.nvim_win_call(w, function() return vim.fn.line("w0"), vim.fn.line("w$") end)
+  local view = api.nvim_win_call(w, function() return { vim.fn.line("w0"), vim.fn.line("w$") } end)
+  R.top, R.bottom = view[1], view[2]
   snapshot(R)
 end
 

@@ -232,11 +232,11 @@ local function end_reasoning(r)
   local last = r.out:pos()
   if r.reasoning_row and last >= r.reasoning_row then
     api.nvim_buf_set_extmark(buf, NS, r.reasoning_row, 0,
-                             { end_row = last, end_col = 0, hl_group = "LlamaReasoning", hl_eol = true })
+                             { end_row = last + 1, end_col = 0, hl_group = "LlamaReasoning", hl_eol = true })
     if plugin.config().reasoning == "fold" then
       for _, w in ipairs(windows(buf)) do
         pcall(api.nvim_win_call, w, function()
-          vim.cmd(string.format("%d,%dfold", r.reasoning_row + 1, last))
+          vim.cmd(string.format("%d,%dfold", r.reasoning_row + 1, last + 1))
         end)
       end
     end

@@ -49,6 +49,9 @@ local function check(prefix, spec)
   if not ok then error("llamacpp.setup: " .. tostring(err):gsub("^.-:%d+: ", ""), 0) end
 end
 
+-- Options whose default is nil (not in DEFAULTS as keys).
+local OPTIONAL = { root = true, system = true }
+
 local function unknown(prefix, t, known, also)
   for k in pairs(t) do
     if known[k] == nil and not (also and also[k] ~= nil) then
@@ -73,7 +76,7 @@ function M.resolve(opts)
     error("llamacpp.setup: a table expected, got " .. type(opts), 0)
   end
   local D = M.DEFAULTS
-  unknown("", opts, D, M.CLIENT)
+  unknown("", opts, D, setmetatable({}, { __index = function(_, k) return M.CLIENT[k] or OPTIONAL[k] end }))
   local spec = {}
   for k, want in pairs(M.CLIENT) do spec[k] = { opts[k], kinds(want), true } end
   spec.root = { opts.root, "string", true }
