@@ -47,7 +47,7 @@ describe("the Neovim plugin's chat", function()
     assert.is_true(bodies[2].stream)
     -- the buffer: each turn under its header, the input last
     assert.same({ "## You", "Capital of France?", "", "## llama", "", "Paris is the capital." },
-                { unpack(res.lines, 1, 6) })
+                { (rawget(table, "unpack") or rawget(_G, "unpack"))(res.lines, 1, 6) })
     assert.equal("## You", res.lines[#res.lines - 1])
     assert.equal("", res.lines[#res.lines])
   end)
