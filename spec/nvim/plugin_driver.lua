@@ -257,7 +257,7 @@ function scenarios.fim()
     f:close()
     vim.cmd("edit " .. vim.fn.fnameescape(A.work .. "/other" .. i .. ".txt"))
   end
-  vim.cmd("edit " .. vim.fn.fnameescape(A.work .. "/main.py"))
+  vim.cmd("edit " .. vim.fn.fnameescape(A.work .. "/main.lua"))
   api.nvim_buf_set_lines(0, 0, -1, true, A.text)
   api.nvim_win_set_cursor(0, { #A.text, 0 })
   type_keys("A")
