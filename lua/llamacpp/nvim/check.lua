@@ -74,7 +74,7 @@ function M.check()
   R.info("endpoint: " .. tostring(client.endpoint))
   local health, herr = ask(client, "health", 5000)
   if not health then
-    local e = tostring(herr)
+    local e = tostring(herr):gsub("^llamacpp: ", "")
     if type(herr) == "table" and herr.status == 503 then
       R.warn("llama-server is loading its model: " .. e)
     else
