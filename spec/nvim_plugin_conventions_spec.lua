@@ -3,7 +3,6 @@
 -- which option is wrong.
 local fixture = require "fixture.control"
 local harness = require "nvim.harness"
-local q = harness.q
 
 describe("the Neovim plugin's conventions", function()
   local root = harness.root()
@@ -17,10 +16,7 @@ describe("the Neovim plugin's conventions", function()
   it(":help llamacpp (doc/llamacpp.txt, tags made as a plugin manager makes them)", function()
     -- a copy of the plugin, so that :helptags writes doc/tags there
     local home = harness.home()
-    local copy = home .. "/plugin-copy"
-    assert(harness.sh("mkdir -p " .. q(copy) .. " && cp -r " .. q(root .. "/lua") .. " " ..
-                      q(root .. "/plugin") .. " " .. q(root .. "/doc") .. " " .. q(root .. "/autoload") ..
-                      " " .. q(copy) .. " && ln -s " .. q(root .. "/build") .. " " .. q(copy .. "/build")))
+    local copy = harness.copy_plugin(root, home, true)
     local ok, res = pcall(harness.run_plugin, root,
                           { scenario = "install", endpoint = srv:replay("chat_stream"), help = true },
                           { layout = "rtp", root = copy, home = home })

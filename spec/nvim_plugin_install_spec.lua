@@ -7,7 +7,6 @@
 local fixture = require "fixture.control"
 local harness = require "nvim.harness"
 local util = require "spec.util"
-local q = harness.q
 
 describe("the Neovim plugin, installed", function()
   local root = harness.root()
@@ -54,9 +53,7 @@ describe("the Neovim plugin, installed", function()
   it("without the C module built, says which command builds it", function()
     -- a copy of the plugin's files, no build/ directory
     local home = harness.home()
-    local copy = home .. "/plugin-copy"
-    assert(harness.sh("mkdir -p " .. q(copy) .. " && cp -r " .. q(root .. "/lua") .. " " ..
-                      q(root .. "/plugin") .. " " .. q(root .. "/doc") .. " " .. q(copy)))
+    local copy = harness.copy_plugin(root, home, false)
     local ok, res = pcall(harness.run_plugin, root, { scenario = "unloadable", endpoint = srv:replay("chat_stream") },
                           { layout = "rtp", root = copy, home = home })
     harness.rm(home)

@@ -87,6 +87,17 @@ end
 
 function M.rm(path) os.execute("rm -rf " .. q(path)) end
 
+--- A copy of the plugin's files (lua, plugin, doc, autoload) at
+-- home/plugin-copy; with_build: its build/ a link to root's. Returns its path.
+function M.copy_plugin(root, home, with_build)
+  local copy = home .. "/plugin-copy"
+  local src = {}
+  for i, d in ipairs{ "lua", "plugin", "doc", "autoload" } do src[i] = q(root .. "/" .. d) end
+  assert(sh("mkdir -p " .. q(copy) .. " && cp -r " .. table.concat(src, " ") .. " " .. q(copy)))
+  if with_build then assert(sh("ln -s " .. q(root .. "/build") .. " " .. q(copy .. "/build"))) end
+  return copy
+end
+
 --- Runs spec/nvim/plugin_driver.lua in headless Neovim with the plugin at
 -- the repository root installed as opts.layout says, in a scratch HOME:
 --   "rtp"       init.lua prepends the root to 'runtimepath' (lazy.nvim, packer, vim-plug)
