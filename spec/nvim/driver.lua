@@ -18,68 +18,11 @@
 -- numbers at which to start a timer and a vim.schedule callback), down (a
 -- URL where nothing listens).
 -- luacheck: globals vim
-local uv = vim.uv or vim.loop
 local unpack = rawget(table, "unpack") or _G.unpack
 local searchpath = rawget(package, "searchpath")   -- 5.2+, LuaJIT
-local A = vim.fn.json_decode(os.getenv("LLAMACPP_NVIM_ARGS") or "{}")
-local R = { scenario = A.scenario, steps = {} }
-
-local function now_ms() return uv.hrtime() / 1e6 end
-local T0 = now_ms()
-local function note(what) R.steps[#R.steps + 1] = { what, now_ms() - T0 } end
-
-local finished = false
-local function finish()
-  if finished then return end
-  finished = true
-  local f = io.open(A.out, "wb")
-  f:write(vim.fn.json_encode(R))
-  f:close()
-  vim.cmd("qa!")
-end
-
--- A bound on the whole run, whatever happens (the spec also runs nvim
--- under `timeout`): the result says why it stopped.
-local watchdog = uv.new_timer()
-watchdog:start(A.timeout_ms or 20000, 0, function()
-  R.error = R.error or "driver watchdog fired"
-  vim.schedule(finish)
-end)
-
-local co
-local function resume()
-  local ok, err = coroutine.resume(co)
-  if not ok then
-    R.error = debug.traceback(co, tostring(err))
-    finish()
-  elseif coroutine.status(co) == "dead" then
-    finish()
-  end
-end
-
--- Yields to the main loop until cond() holds, checking every `every` ms
--- from the main loop (vim.schedule), as a user's next keystroke would.
-local function wait(cond, ms, every)
-  local deadline = now_ms() + (ms or 10000)
-  while not cond() do
-    if now_ms() > deadline then error("timed out waiting", 2) end
-    local t = uv.new_timer()
-    t:start(every or 10, 0, function()
-      t:close()
-      vim.schedule(resume)
-    end)
-    coroutine.yield()
-  end
-end
-
-local function sleep(ms)
-  local t = now_ms()
-  wait(function() return now_ms() - t >= ms end, ms + 1000)
-end
-
-local function lines(buf)
-  return vim.api.nvim_buf_get_lines(buf, 0, -1, true)
-end
+local script = dofile((debug.getinfo(1, "S").source:sub(2):gsub("driver%.lua$", "script.lua")))
+local uv, A, R, T0 = script.uv, script.A, script.R, script.T0
+local now_ms, note, wait, sleep, lines = script.now_ms, script.note, script.wait, script.sleep, script.lines
 
 -- Everything after the "> prompt" header and its blank line.
 local function answer_bytes(buf)
@@ -373,10 +316,8 @@ function scenarios.guide()
   R.text, R.errors = before, errors
 end
 
-co = coroutine.create(function()
+script.run(function()
   local f = scenarios[A.scenario]
   if not f then error("unknown scenario " .. tostring(A.scenario)) end
   f()
 end)
--- Let startup finish first: the script then runs from the main loop.
-vim.schedule(resume)

@@ -1,4 +1,4 @@
--- What spec/nvim_spec.lua and bench/loop.lua share: running
+-- What spec/nvim_spec.lua, spec/nvim_plugin_*_spec.lua and bench/loop.lua share: running
 -- spec/nvim/driver.lua in a headless Neovim, the streams it is fed, and
 -- the reading of what its probe recorded.
 --
@@ -23,12 +23,11 @@ end
 
 M.TIMEOUT = 60        -- seconds; `timeout` kills a hung nvim
 
---- Runs the driver in headless Neovim, in the directory cwd, with the
--- example plugin of the checkout root on 'runtimepath'. args: the
--- driver's (spec/nvim/driver.lua); env: extra environment {NAME = value}.
+-- Runs `nvim --headless` with nvim_args in cwd, LLAMACPP_NVIM_ARGS = args
+-- (args.out set here) and env; the caller's settings do not leak in.
 -- Returns the decoded result, and nvim's stdout and stderr; raises when
--- nvim wrote no result or the driver failed.
-function M.run(root, cwd, args, env)
+-- nvim wrote no result or the script failed.
+local function launch(cwd, args, env, nvim_args)
   local out = os.tmpname()
   local so, se = os.tmpname(), os.tmpname()
   args.out = out
@@ -36,13 +35,11 @@ function M.run(root, cwd, args, env)
   for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. q(v) end
   local cmd = table.concat({
     "cd", q(cwd), "&&",
-    -- the caller's settings must not leak in
     "env -u LLAMACPP_ENDPOINT -u LLAMA_API_KEY -u LUA_PATH -u LUA_CPATH -u LUA_INIT",
+    "-u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy -u NVIM_APPNAME",
     table.concat(vars, " "),
     "timeout -k 5", tostring(M.TIMEOUT),
-    "nvim --headless --clean",
-    "--cmd", q("set rtp+=" .. root .. "/examples/nvim"),
-    "-c", q("lua dofile('" .. root .. "/spec/nvim/driver.lua')"),
+    "nvim --headless", nvim_args,
     "</dev/null >" .. q(so) .. " 2>" .. q(se),
   }, " ")
   os.execute(cmd)
@@ -55,6 +52,115 @@ function M.run(root, cwd, args, env)
               stdout .. "\nstderr: " .. stderr)
   assert(res.error == nil, "driver: " .. tostring(res.error) .. "\nstderr: " .. stderr)
   return res, stdout, stderr
+end
+
+--- Runs the driver in headless Neovim, in the directory cwd, with the
+-- example plugin of the checkout root on 'runtimepath'. args: the
+-- driver's (spec/nvim/driver.lua); env: extra environment {NAME = value}.
+-- Returns the decoded result, and nvim's stdout and stderr; raises when
+-- nvim wrote no result or the driver failed.
+function M.run(root, cwd, args, env)
+  return launch(cwd, args, env, table.concat({
+    "--clean",
+    "--cmd", q("set rtp+=" .. root .. "/examples/nvim"),
+    "-c", q("lua dofile('" .. root .. "/spec/nvim/driver.lua')"),
+  }, " "))
+end
+
+local function sh(cmd)
+  local a, _, c = os.execute(cmd)
+  if type(a) == "number" then return a == 0 end        -- Lua 5.1 / LuaJIT
+  return a == true and (c == nil or c == 0)
+end
+M.sh = sh
+
+--- A scratch HOME for a Neovim run: HOME and the XDG directories under
+-- it (no user's config, plugins or data), and `work`, a directory to run
+-- in. Returns its path; remove it with M.rm(home).
+function M.home()
+  local home = os.tmpname()
+  os.remove(home)
+  assert(sh("mkdir -p " .. q(home .. "/config/nvim") .. " " .. q(home .. "/data/nvim/site") ..
+            " " .. q(home .. "/state") .. " " .. q(home .. "/cache") .. " " .. q(home .. "/work")))
+  return home
+end
+
+function M.rm(path) os.execute("rm -rf " .. q(path)) end
+
+--- A copy of the plugin's files (lua, plugin, doc, autoload) at
+-- home/plugin-copy; with_build: its build/ a link to root's. Returns its path.
+function M.copy_plugin(root, home, with_build)
+  local copy = home .. "/plugin-copy"
+  local src = {}
+  for i, d in ipairs{ "lua", "plugin", "doc", "autoload" } do src[i] = q(root .. "/" .. d) end
+  assert(sh("mkdir -p " .. q(copy) .. " && cp -r " .. table.concat(src, " ") .. " " .. q(copy)))
+  if with_build then assert(sh("ln -s " .. q(root .. "/build") .. " " .. q(copy .. "/build"))) end
+  return copy
+end
+
+--- Runs spec/nvim/plugin_driver.lua in headless Neovim with the plugin at
+-- the repository root installed as opts.layout says, in a scratch HOME:
+--   "rtp"       init.lua prepends the root to 'runtimepath' (lazy.nvim, packer, vim-plug)
+--   "pack"      a symlink HOME/data/nvim/site/pack/test/start/llamacpp -> root
+--   "relative"  'runtimepath' gets root as a path relative to the start
+--               directory, and the script :cd's elsewhere before the first use
+-- opts.root: the plugin's root (default root); opts.home: a HOME from
+-- M.home() (default: a new one, removed after); opts.env: more environment;
+-- opts.init: more lines for init.lua.
+function M.run_plugin(root, args, opts)
+  opts = opts or {}
+  local home = opts.home or M.home()
+  local plugin_root = opts.root or root
+  local layout = opts.layout or "rtp"
+  local init = {}
+  local cwd = home .. "/work"
+  if layout == "rtp" then
+    init[#init + 1] = "vim.opt.rtp:prepend(" .. string.format("%q", plugin_root) .. ")"
+  elseif layout == "pack" then
+    assert(sh("mkdir -p " .. q(home .. "/data/nvim/site/pack/test/start") .. " && ln -s " ..
+              q(plugin_root) .. " " .. q(home .. "/data/nvim/site/pack/test/start/llamacpp")))
+  elseif layout == "relative" then
+    -- start in the root's parent; 'runtimepath' gets the root's own name
+    cwd = plugin_root:match("^(.*)/[^/]+$")
+    init[#init + 1] = "vim.opt.rtp:prepend(" .. string.format("%q", plugin_root:match("[^/]+$")) .. ")"
+  else
+    error("unknown layout " .. tostring(layout))
+  end
+  for _, l in ipairs(opts.init or {}) do init[#init + 1] = l end
+  local f = assert(io.open(home .. "/config/nvim/init.lua", "wb"))
+  f:write(table.concat(init, "\n"), "\n")
+  f:close()
+  args.work = home .. "/work"
+  local env = { HOME = home, XDG_CONFIG_HOME = home .. "/config", XDG_DATA_HOME = home .. "/data",
+                XDG_STATE_HOME = home .. "/state", XDG_CACHE_HOME = home .. "/cache",
+                XDG_CONFIG_DIRS = home .. "/none", XDG_DATA_DIRS = home .. "/none" }
+  for k, v in pairs(opts.env or {}) do env[k] = v end
+  local ok, res, stdout, stderr = pcall(launch, cwd, args, env, table.concat({
+    "-i NONE", "-u", q(home .. "/config/nvim/init.lua"),
+    "-c", q("lua dofile('" .. root .. "/spec/nvim/plugin_driver.lua')"),
+  }, " "))
+  if not opts.home then M.rm(home) end
+  if not ok then error(res, 0) end
+  return res, stdout, stderr
+end
+
+--- The checkout the specs run in (busted's working directory).
+function M.root()
+  local p = io.popen("pwd")
+  local d = p:read("*l")
+  p:close()
+  return d
+end
+
+--- Why the Neovim specs cannot run here (nil: they can): no nvim, or no
+-- LuaJIT build of the core.
+function M.missing(root)
+  if not sh("command -v nvim >/dev/null 2>&1") then
+    return "nvim is not installed: apt-get install neovim"
+  end
+  local f = io.open(root .. "/build/luajit/llamacpp/core.so", "rb")
+  if not f then return "build/luajit/llamacpp/core.so is missing: make nvim" end
+  f:close()
 end
 
 --- An llama-server-like stream: one content event per string in `parts`

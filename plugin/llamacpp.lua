@@ -1,0 +1,80 @@
+-- llamacpp: chat with llama-server and inline completion (:help llamacpp).
+-- Commands, <Plug> mappings and highlight groups only: the plugin's
+-- modules (lua/llamacpp/nvim*.lua) and the llamacpp module are loaded on
+-- first use, so a missing build costs nothing at startup and is reported
+-- (with the command that builds it) when used.
+-- luacheck: read globals vim
+if vim.g.loaded_llamacpp then return end
+vim.g.loaded_llamacpp = true   -- luacheck: ignore 122 (vim.g is meant to be set)
+
+-- where this plugin is, resolved now (before any :cd; symlinks followed)
+require("llamacpp.nvim.loader")
+
+local function plugin() return require("llamacpp.nvim") end
+
+local function run(f, ...)
+  local ok, err = pcall(f, ...)
+  if not ok then
+    vim.notify((tostring(err):gsub("^llamacpp: ", "llamacpp: ")), vim.log.levels.ERROR)
+  end
+  return ok
+end
+
+local command = vim.api.nvim_create_user_command
+
+command("LlamaChat", function(a)
+  local ctx
+  if a.range > 0 then
+    ctx = { lines = vim.api.nvim_buf_get_lines(0, a.line1 - 1, a.line2, false),
+            filetype = vim.bo.filetype, name = vim.fn.expand("%:~:.") }
+  end
+  run(function() plugin().chat(a.args, ctx) end)
+end, { nargs = "*", range = true,
+       desc = "Send {prompt} (and the range, as context) to the chat; no argument: show/hide it" })
+
+command("LlamaSend", function() run(function() plugin().send() end) end,
+        { nargs = 0, desc = "Send what is typed in the chat's input" })
+
+command("LlamaCancel", function()
+  run(function()
+    if not plugin().cancel() then vim.notify("llamacpp: nothing is streaming", vim.log.levels.INFO) end
+  end)
+end, { nargs = 0, desc = "Stop the reply that is streaming" })
+
+command("LlamaReset", function() run(function() plugin().reset() end) end,
+        { nargs = 0, desc = "Start a new conversation" })
+
+command("LlamaFim", function(a)
+  local what = a.args ~= "" and a.args or "toggle"
+  local f = ({ on = "fim_enable", off = "fim_disable", toggle = "fim_toggle" })[what]
+  if not f then
+    vim.notify("llamacpp: :LlamaFim on|off|toggle", vim.log.levels.ERROR)
+    return
+  end
+  run(function() plugin()[f]() end)
+end, { nargs = "?", complete = function() return { "on", "off", "toggle" } end,
+       desc = "Inline completion (fill-in-the-middle) as you type: on, off, toggle" })
+
+local map = vim.keymap.set
+map("n", "<Plug>(LlamaSend)", function() run(function() plugin().send() end) end,
+    { desc = "llamacpp: send the chat's input" })
+map("n", "<Plug>(LlamaCancel)", function() run(function() plugin().cancel() end) end,
+    { desc = "llamacpp: stop the reply" })
+map("n", "<Plug>(LlamaChatToggle)", function() run(function() plugin().toggle() end) end,
+    { desc = "llamacpp: show or hide the chat" })
+map("i", "<Plug>(LlamaFimAccept)", function() run(function() plugin().fim_accept() end) end,
+    { desc = "llamacpp: accept the suggestion" })
+map("i", "<Plug>(LlamaFimAcceptLine)", function()
+  run(function() plugin().fim_accept("line") end)
+end, { desc = "llamacpp: accept the suggestion's first line" })
+map("i", "<Plug>(LlamaFimDismiss)", function() run(function() plugin().fim_dismiss() end) end,
+    { desc = "llamacpp: dismiss the suggestion" })
+
+local group = vim.api.nvim_create_augroup("llamacpp", { clear = true })
+vim.api.nvim_create_autocmd("VimLeavePre", { group = group, callback = function()
+  if package.loaded["llamacpp.nvim"] then pcall(plugin().shutdown) end
+end })
+vim.api.nvim_create_autocmd("ColorScheme", { group = group, callback = function()
+  require("llamacpp.nvim.highlights").apply()
+end })
+require("llamacpp.nvim.highlights").apply()

@@ -1,0 +1,117 @@
+-- The plugin's chat is a conversation, in a real headless Neovim against
+-- the fixture server's scripted replies: <CR> sends what is typed with the
+-- whole history, text typed while a reply streams stays for the next
+-- message, the footer says why a reply ended (a `length` stop visibly),
+-- reasoning is folded, the window follows the reply unless the user
+-- moved away, and a waiting indicator shows while the prompt is read.
+local fixture = require "fixture.control"
+local harness = require "nvim.harness"
+local cjson = require "cjson"
+
+local function chat_bodies(srv)
+  local out = {}
+  for _, r in ipairs(srv:requests()) do
+    if r.path:find("/chat/completions$") then out[#out + 1] = cjson.decode(r.body) end
+  end
+  return out
+end
+
+describe("the Neovim plugin's chat", function()
+  local root = harness.root()
+  local why = harness.missing(root)
+  if why then it("needs nvim and the LuaJIT build", function() pending(why) end) return end
+
+  local srv
+  before_each(function() srv = fixture.start() end)
+  after_each(function() srv:stop() end)
+
+  local function run(args)
+    args.endpoint = args.endpoint or srv.endpoint
+    return harness.run_plugin(root, args)
+  end
+
+  it("sends typed turns with <CR>; the second request carries the first turn", function()
+    srv:reply{ content = "Paris is the capital." }
+    srv:reply{ content = "About two million people." }
+    local res = run{ scenario = "conversation", turns = { "Capital of France?", "How many live there?" },
+                     setup = { system = "Be brief." } }
+    assert.is_true(res.focused)
+    assert.equal("Paris is the capital.", res.replies[1].reply)
+    assert.equal("About two million people.", res.replies[2].reply)
+    local bodies = chat_bodies(srv)
+    assert.equal(2, #bodies)
+    assert.same({ { role = "system", content = "Be brief." },
+                  { role = "user", content = "Capital of France?" },
+                  { role = "assistant", content = "Paris is the capital." },
+                  { role = "user", content = "How many live there?" } }, bodies[2].messages)
+    assert.is_true(bodies[2].stream)
+    -- the buffer: each turn under its header, the input last
+    assert.same({ "## You", "Capital of France?", "", "## llama", "", "Paris is the capital." },
+                { (rawget(table, "unpack") or rawget(_G, "unpack"))(res.lines, 1, 6) })
+    assert.equal("## You", res.lines[#res.lines - 1])
+    assert.equal("", res.lines[#res.lines])
+  end)
+
+  it("keeps what is typed during a reply out of the reply; it is the next message", function()
+    local words = {}
+    for i = 1, 40 do words[i] = "r" .. i end
+    srv:reply{ content = table.concat(words, " "), pace = 0.03 }
+    srv:reply{ content = "Noted." }
+    local res = run{ scenario = "conversation", turns = { "Start", "unused" }, during = "typed meanwhile" }
+    assert.is_true(res.busy_while_typing)
+    assert.is_true(res.busy_after_cr, "<CR> during the reply must not send")
+    assert.equal(table.concat(words, " "), res.replies[1].reply)   -- not a character of the typing in it
+    assert.equal("typed meanwhile", res.input_after_first)
+    assert.equal("Noted.", res.replies[2].reply)
+    local bodies = chat_bodies(srv)
+    assert.equal("typed meanwhile", bodies[2].messages[#bodies[2].messages].content)
+  end)
+
+  it("marks a reply cut by max_tokens in its footer", function()
+    srv:reply{ content = "This answer stops in the mid", finish_reason = "length" }
+    local res = run{ scenario = "reply", setup = { params = { max_tokens = 7 } } }
+    assert.equal("This answer stops in the mid", res.reply)
+    assert.matches("^%[length: cut short at the token limit", res.footer)
+    assert.equal("length", res.last.stop_reason)
+    assert.equal(7, chat_bodies(srv)[1].max_tokens)
+  end)
+
+  it("shows reasoning as a folded quote, and sends back only the answer", function()
+    srv:reply{ reasoning = "First think.\nThen answer.", content = "The answer." }
+    srv:reply{ content = "ok" }
+    local res = run{ scenario = "reply" }
+    assert.equal("> First think.\n> Then answer.\n\nThe answer.", res.reply)
+    assert.equal(1, res.closed_folds, cjson.encode(res.notes) .. table.concat(res.lines, "\n"))
+    assert.same({ { role = "user", content = "hello" }, { role = "assistant", content = "The answer." } },
+                res.history)
+  end)
+
+  it("shows a waiting indicator while the server reads the prompt", function()
+    srv:reply{ content = "Late answer.", delay = 1.5 }
+    local res = run{ scenario = "reply", probe_ms = 400 }
+    assert.matches("waiting for llama%-server %d+%.%d s", res.indicator)
+    assert.equal("Late answer.", res.reply)
+  end)
+
+  local function long_reply()
+    local parts = {}
+    for i = 1, 120 do parts[i] = "line " .. i .. "\n" end
+    return { content = table.concat(parts), tokens = parts, pace = 0.01 }
+  end
+
+  it("follows a long reply in its window", function()
+    srv:reply(long_reply())
+    local res = run{ scenario = "follow" }
+    assert.equal("done", res.last.status)
+    assert.is_true(res.line_count > 120)
+    assert.equal(res.line_count, res.bottom)       -- the end, and the input below it, in view
+  end)
+
+  it("does not follow when the user went to the top", function()
+    srv:reply(long_reply())
+    local res = run{ scenario = "follow", scroll = true }
+    assert.equal("done", res.last.status)
+    assert.equal(1, res.top)
+    assert.equal(1, res.cursor)
+  end)
+end)
