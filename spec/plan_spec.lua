@@ -28,6 +28,7 @@ local function summary(res, err, evs)
     if ev.type == "error" then err = ev.error end
     if ev.type ~= "done" and ev.type ~= "error" then
       out.provider_of_events = ev.provider
+      out.first_provider = out.first_provider or ev.provider
     end
   end
   local attempts = (res or err or {}).attempts or {}
@@ -102,6 +103,12 @@ describe("llamacpp.router.plan", function()
     local events = util.body(util.fixture("chat_stream_usage")):gsub("data: %[DONE%]\n\n", "")
     srv:write("truncated", fixture.http_response(200, { { "Content-Type", "text/event-stream" } }, events))
   end)
+  -- the progress capture, cut after its last progress chunk (before any text)
+  local function progress_cut()
+    local data, last = util.fixture("chat_stream_progress"), nil
+    for i in data:gmatch("()prompt_progress") do last = i end
+    return srv:replay("chat_stream_progress", "cut=" .. (data:find("\n\n\r\n", last, true) + 3))
+  end
   teardown(function() srv:stop() end)
 
   local function answers(mode) return srv:replay(mode == "whole" and "ok" or "stream") end
@@ -137,6 +144,23 @@ describe("llamacpp.router.plan", function()
       end,
       whole = { ok = true, provider = "two", attempts = { "one:network" } },
       stream = { ok = false, kind = "network", retryable = false, provider = "one", attempts = {} } },
+    { name = "a failure after progress alone passes on (progress is not text)",
+      req = { messages = MSGS, progress = true },
+      deployments = function(mode)
+        return { { name = "one", endpoint = mode == "whole" and util.down() or progress_cut() },
+                 { name = "two", endpoint = answers(mode) } }
+      end,
+      whole = { ok = true, provider = "two", attempts = { "one:connection" } },
+      stream = { ok = true, provider = "two", attempts = { "one:network" } },
+      progress_from = "one" },
+    { name = "a deployment that cannot switch thinking is skipped",
+      req = { messages = MSGS, thinking = false },
+      deployments = function(mode)
+        return { { name = "openai", provider = "openai", endpoint = util.down() },
+                 { name = "two", endpoint = answers(mode) } }
+      end,
+      whole = { ok = true, provider = "two", attempts = { "openai:unsupported" } },
+      stream = { ok = true, provider = "two", attempts = { "openai:unsupported" } } },
     { name = "a truncated stream is final",
       deployments = function(mode)
         return { { name = "one", endpoint = srv:replay(mode == "whole" and "ok" or "truncated") },
@@ -201,6 +225,10 @@ describe("llamacpp.router.plan", function()
           end
           if case.message then assert.matches(case.message, got.message) end
           got.message = nil           -- it names each run's own closed ports
+          if mode == "stream" and case.progress_from then
+            assert.equal("progress", got.types[1], dname)
+            assert.equal(case.progress_from, got.first_provider, dname .. ": progress of the first try")
+          end
           if mode == "stream" then
             if got.ok then
               assert.equal("done", got.types[#got.types], dname)

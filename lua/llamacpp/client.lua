@@ -5,6 +5,8 @@ local core = require "llamacpp.core"
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 local native = require "llamacpp.providers.native"
+local base = require "llamacpp.providers.base"
+local openai = require "llamacpp.providers.openai"
 local args = require "llamacpp.args"
 
 local M = {}
@@ -458,7 +460,8 @@ function Stream:_pop()
   local ev = self.q[h]
   self.q[h] = nil
   if h == self.qt then self.qh, self.qt = 1, 0 else self.qh = h + 1 end
-  self.nevents = self.nevents + 1
+  -- progress is not text: after it alone a retry repeats nothing seen
+  if ev.type ~= "progress" then self.nevents = self.nevents + 1 end
   return ev
 end
 
@@ -896,13 +899,21 @@ end
 -- @within Client
 function Client:rerank(query, documents, opts) return steps.rerank(blocking, self, query, documents, opts) end
 
+local NONE = {}
+
 local function native_body(self, fname, req, stream, need)
   args.check(type(req) == "table", 1, fname, args.expected("table", req))
   if need then
     args.check(req[need] ~= nil, 1, fname, "'" .. need .. "' is required")
   end
   check_stream_flag(req, fname, stream)
-  local body = with_model(self, copy(req))
+  base.check_options(req)
+  if type(req.thinking) == "boolean" or req.thinking_budget ~= nil then
+    args.check(false, 1, fname, "'thinking' and 'thinking_budget' are chat options" ..
+               " (the chat template switches reasoning; " .. fname .. " sends the prompt as it is)")
+  end
+  local body = with_model(self, base.passed(req, NONE))
+  openai.llama_options(body, req, stream)
   body.stream = stream
   return body
 end

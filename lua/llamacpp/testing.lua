@@ -129,6 +129,10 @@ end
 --   tool_calls       {{name =, arguments = table or JSON text, id =}, ...}
 --   finish_reason    default "stop" ("tool_calls" with tool calls)
 --   prompt_tokens, completion_tokens   usage (default 10, one per piece)
+--   cached_tokens    prompt tokens from the cache (default 0)
+--   batch            with return_progress (`progress = true`): progress
+--                    chunks from cached_tokens to prompt_tokens, batch
+--                    tokens apart (default 64), before the first token
 --   model            default: the request's model
 --   status, error, error_type   an HTTP error (e.g. 503, "Loading model")
 --   body, content_type, headers  any other answer, as given
@@ -194,11 +198,19 @@ function Server:log(since)
   return cjson.decode(body)
 end
 
--- Only the "request" records.
+--- The requests received (after log record `since`), in order: {method,
+-- path, headers, body, json}, `json` being the body decoded when it is
+-- JSON (else nil).
 function Server:requests(since)
   local out = {}
   for _, r in ipairs(self:log(since)) do
-    if r.event == "request" then out[#out + 1] = r end
+    if r.event == "request" then
+      if type(r.body) == "string" and r.body ~= "" then
+        local ok, v = pcall(cjson.decode, r.body)
+        if ok then r.json = v end
+      end
+      out[#out + 1] = r
+    end
   end
   return out
 end

@@ -28,6 +28,10 @@ M.int, M.ints = json.int, json.ints
 -- Request fields that are ours, not the server's.
 M.LOCAL_FIELDS = { system = true, messages = true, tier = true }
 
+-- Our options of every request (check_options), never passed through.
+local OPTIONS = { progress = true, thinking_budget = true, think_tags = true }
+M.OPTIONS = OPTIONS
+
 --- Checks the fields every provider reads; raises at the caller's line
 -- (of client:chat, router:chat, ...). The router checks a request with
 -- this before any attempt, so no provider meets a request that fails it.
@@ -49,16 +53,62 @@ function M.check_request(req)
   if req.system ~= nil and type(req.system) ~= "string" then
     args.raise("bad request: 'system' must be a string (got " .. type(req.system) .. ")")
   end
+  M.check_options(req)
 end
 
 --- The fields of req that pass through to the server as they are: all
--- but those in `skip` (and in `also`, when given). A new table.
+-- but those in `skip` (and in `also`, when given) and our own options
+-- (check_options). A new table.
 function M.passed(req, skip, also)
   local body = {}
   for k, v in pairs(req) do
-    if not skip[k] and not (also and also[k]) then body[k] = v end
+    if not skip[k] and not (also and also[k]) and not OPTIONS[k]
+       and not (k == "thinking" and type(v) == "boolean") then
+      body[k] = v
+    end
   end
   return body
+end
+
+--- Our request options, the same for every provider (each translates
+-- them; none passes them through): checked here, raising at the
+-- caller's line. `thinking` is ours when it is a boolean (a table is
+-- Anthropic's own field and passes through).
+--   progress         boolean: prompt-processing progress events (streams)
+--   thinking         boolean: reasoning on or off
+--   thinking_budget  integer >= 0: at most this many reasoning tokens
+--   think_tags       "split" | "keep": a leading <think>...</think> in the
+--                    content goes to reasoning ("split") or stays ("keep")
+function M.check_options(req)
+  local p = req.progress
+  if p ~= nil and type(p) ~= "boolean" then
+    args.raise("bad request: 'progress' must be a boolean (got " .. type(p) .. ")")
+  end
+  local t = req.thinking
+  if t ~= nil and type(t) ~= "boolean" and type(t) ~= "table" then
+    args.raise("bad request: 'thinking' must be a boolean (got " .. type(t) .. ")")
+  end
+  local b = req.thinking_budget
+  if b ~= nil and (type(b) ~= "number" or b < 0 or b ~= math.floor(b)) then
+    args.raise("bad request: 'thinking_budget' must be an integer >= 0 (got " .. tostring(b) .. ")")
+  end
+  if t == false and b and b > 0 then
+    args.raise("bad request: 'thinking = false' contradicts 'thinking_budget = " .. b .. "'")
+  end
+  local tt = req.think_tags
+  if tt ~= nil and tt ~= "split" and tt ~= "keep" then
+    args.raise("bad request: 'think_tags' must be \"split\" or \"keep\" (got " .. tostring(tt) .. ")")
+  end
+end
+
+--- What req asks of reasoning: false (off), true (on) or nil (the
+-- server's default), and the budget (nil: none). thinking_budget = 0 is off.
+function M.thinking(req)
+  local on, budget = req.thinking, req.thinking_budget
+  if type(on) ~= "boolean" then on = nil end
+  if budget == 0 then on = false; budget = nil end
+  if budget and on == nil then on = true end
+  return on, budget
 end
 
 --- Header lines for an API key sent as `Authorization: Bearer <key>`.
@@ -150,6 +200,15 @@ function Decoder:text(push, kind, s, key, value)
   local ev = { type = kind, content = s }
   if key then ev[key] = value end
   push(ev)
+end
+
+--- llama-server's `prompt_progress` object (when pp is one) pushed as a
+-- progress event: {type = "progress", processed, total, cached, time_ms}.
+-- `processed` counts the prompt tokens done, those from the cache included.
+function M.progress(push, pp)
+  if type(pp) ~= "table" then return end
+  push({ type = "progress", processed = M.int(pp.processed), total = M.int(pp.total),
+         cached = M.int(pp.cache), time_ms = M.int(pp.time_ms) })
 end
 
 --- The tool call at 0-based `index`, made on first sight: {index, id,

@@ -47,4 +47,5 @@ return require("llamacpp.providers.openai").variant{
   chat_path = "/v1/chat/completions",
   default_max_tokens = 2048,
   template = LLAMA_TEMPLATE,
+  llama = true,             -- our options in llama-server's fields (openai.llama_options)
 }

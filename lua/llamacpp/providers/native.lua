@@ -46,6 +46,7 @@ M.decoder = Decoder.new
 function Decoder:feed(data, _, push)
   local obj, err = self:decode(data)
   if not obj then return err end
+  base.progress(push, obj.prompt_progress)
   local probs = obj.completion_probabilities      -- n_probs
   self:text(push, "content", obj.content, "probs", type(probs) == "table" and probs or nil)
   if obj.stop == true then

@@ -5,6 +5,7 @@
 -- interface is described in providers/llamacpp.lua, which is this same
 -- translation with llama-server's defaults (see M.variant).
 local json = require "llamacpp.json"
+local args = require "llamacpp.args"
 local base = require "llamacpp.providers.base"
 
 local M = {}
@@ -58,13 +59,32 @@ function M.wire_message(m)
   for i = 1, #tcs do
     local tc = tcs[i]
     if type(tc) == "table" and tc["function"] == nil and tc.name ~= nil then
-      local args = tc.arguments
-      if type(args) == "table" then args = json.encode(args) end
-      tc = { id = tc.id, type = "function", ["function"] = { name = tc.name, arguments = args or "{}" } }
+      local a = tc.arguments
+      if type(a) == "table" then a = json.encode(a) end
+      tc = { id = tc.id, type = "function", ["function"] = { name = tc.name, arguments = a or "{}" } }
     end
     out.tool_calls[i] = tc
   end
   return out
+end
+
+
+--- Our options (providers/base.lua check_options) as llama-server takes
+-- them, into body (its /v1/chat/completions and native /completion and
+-- /infill alike).
+function M.llama_options(body, req, stream)
+  if req.progress and stream then body.return_progress = true end
+  local on, budget = base.thinking(req)
+  if on ~= nil then
+    local kw = {}
+    if type(req.chat_template_kwargs) == "table" then
+      for k, v in pairs(req.chat_template_kwargs) do kw[k] = v end
+    end
+    kw.enable_thinking = on
+    body.chat_template_kwargs = kw
+    if not on then budget = 0 end
+  end
+  if budget then body.thinking_budget_tokens = budget end
 end
 
 
@@ -89,6 +109,7 @@ local function feed(self, data, name, push)
   local obj, err = self:decode(data)
   if not obj then return err end
   self:identify(obj.model, obj.id)
+  base.progress(push, obj.prompt_progress)
   local choice = type(obj.choices) == "table" and obj.choices[1]
   if type(choice) == "table" then
     local d = choice.delta
@@ -144,11 +165,27 @@ function M.variant(spec)
     template = spec.template,
   }
   local label = spec.label
+  local llama = spec.llama
+
+  --- Why this server cannot take req (nil when it can): only llama-server
+  -- has a standard switch and budget for reasoning.
+  function P.unsupported(req)
+    if not llama and (type(req.thinking) == "boolean" or req.thinking_budget ~= nil) then
+      return label .. " has no standard switch for thinking ('thinking', 'thinking_budget'):" ..
+             " send the server's own field (reasoning_effort, chat_template_kwargs, ...)"
+    end
+  end
 
   --- The JSON body (a table) of a chat request. Every field the caller set
-  -- passes through, except `system` (the first message) and `tier`.
+  -- passes through, except `system` (the first message), `tier` and our
+  -- options (providers/base.lua check_options), which llama-server's
+  -- variant translates: progress -> return_progress (streams only),
+  -- thinking -> chat_template_kwargs.enable_thinking (false: and
+  -- thinking_budget_tokens 0), thinking_budget -> thinking_budget_tokens.
   function P.chat_body(req, stream, model)
     base.check_request(req)
+    local why = P.unsupported(req)
+    if why then args.raise("bad request: " .. why) end
     local msgs = req.messages
     local body = base.passed(req, base.LOCAL_FIELDS)
     local out = json.array()
@@ -161,6 +198,7 @@ function M.variant(spec)
       body.max_tokens = spec.default_max_tokens
     end
     if body.model == nil then body.model = model end
+    if llama then M.llama_options(body, req, stream) end
     body.stream = stream and true or false
     if stream then
       local so = {}

@@ -304,7 +304,9 @@ function Plan:event(it, ev)
   end
   ev.provider = it.rec.name
   if t == "done" then return self:outcome(it, nil, ev) end
-  self.delivered = self.delivered + 1
+  -- progress is not text: a deployment that fails after it may still pass
+  -- the request on (the caller sees progress start again)
+  if t ~= "progress" then self.delivered = self.delivered + 1 end
   return "deliver"
 end
 

@@ -78,12 +78,15 @@ function M.response(reply, req, n)
   local reasoning = reply.reasoning and (reply.reasoning_tokens or words(reply.reasoning)) or {}
   local calls = reply.tool_calls or {}
   local finish = reply.finish_reason or (#calls > 0 and "tool_calls" or "stop")
+  local cached = reply.cached_tokens or 0
   local usage = { prompt_tokens = reply.prompt_tokens or 10,
                   completion_tokens = reply.completion_tokens or (#tokens + #reasoning + #calls),
-                  prompt_tokens_details = { cached_tokens = 0 } }
+                  prompt_tokens_details = { cached_tokens = cached } }
   usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-  local timings = { cache_n = 0, prompt_n = usage.prompt_tokens, prompt_ms = 1.0,
+  local timings = { cache_n = cached, prompt_n = usage.prompt_tokens - cached, prompt_ms = 1.0,
                     predicted_n = usage.completion_tokens, predicted_ms = 1.0 }
+  timings.prompt_per_second = timings.prompt_n * 1000 / timings.prompt_ms
+  timings.predicted_per_second = timings.predicted_n * 1000 / timings.predicted_ms
 
   if not req.stream then
     local msg = { role = "assistant", content = reply.content or (#calls > 0 and "" or concat(tokens)) }
@@ -105,12 +108,24 @@ function M.response(reply, req, n)
     return head(status, h), { body }
   end
 
-  local function ev(delta, fin)
+  local function ev(delta, fin, progress)
     return "data: " .. cjson.encode{ choices = { { finish_reason = fin or null, index = 0, delta = delta } },
                                     created = created, id = id, model = model,
-                                    system_fingerprint = "b0-testing", object = "chat.completion.chunk" } .. "\n\n"
+                                    system_fingerprint = "b0-testing", object = "chat.completion.chunk",
+                                    prompt_progress = progress } .. "\n\n"
   end
-  local pieces = { ev{ role = "assistant", content = null } }
+  local pieces = {}
+  if req.return_progress then    -- as llama-server: from the cache on, one chunk per batch
+    local total, batch, done, t = usage.prompt_tokens, reply.batch or 64, cached, 0
+    while true do
+      pieces[#pieces + 1] = ev({ role = "assistant", content = null }, nil,
+                               { total = total, cache = cached, processed = done, time_ms = t })
+      if done >= total then break end
+      done, t = math.min(done + batch, total), t + 1
+    end
+  end
+  local before = #pieces                        -- progress chunks
+  pieces[#pieces + 1] = ev{ role = "assistant", content = null }
   for _, r in ipairs(reasoning) do pieces[#pieces + 1] = ev{ reasoning_content = r } end
   for _, t in ipairs(tokens) do pieces[#pieces + 1] = ev{ content = t } end
   for i, c in ipairs(calls) do
@@ -121,14 +136,14 @@ function M.response(reply, req, n)
       pieces[#pieces + 1] = ev{ tool_calls = { { index = i - 1, ["function"] = { arguments = frag } } } }
     end
   end
-  local events = #pieces - 1                    -- reply events after the role chunk
+  local events = #pieces - 1                    -- reply events after the role chunk (and progress)
   pieces[#pieces + 1] = ev({}, finish)
   pieces[#pieces + 1] = "data: " .. cjson.encode{ choices = {}, created = created, id = id, model = model,
                                                   system_fingerprint = "b0-testing",
                                                   object = "chat.completion.chunk", usage = usage,
                                                   timings = timings } .. "\n\n"
   if reply.error_after then               -- llama-server's error inside a 200 stream
-    local cut = math.min(floor(reply.error_after) + 1, #pieces)
+    local cut = math.min(before + floor(reply.error_after) + 1, #pieces)
     for i = #pieces, cut + 1, -1 do pieces[i] = nil end
     pieces[#pieces + 1] = "data: " .. cjson.encode{ error = { code = 500, type = "server_error",
                                                     message = reply.error or "error during generation" } } .. "\n\n"
@@ -142,7 +157,9 @@ function M.response(reply, req, n)
               { "Server", "llamacpp.testing" }, { "Content-Type", "text/event-stream" } }
   for _, x in ipairs(extra) do h[#h + 1] = x end
   local stop_at
-  if reply.disconnect_after then stop_at = math.min(1 + floor(reply.disconnect_after), events + 1) end
+  if reply.disconnect_after then
+    stop_at = before + math.min(1 + floor(reply.disconnect_after), events - before + 1)
+  end
   return head(status, h), pieces, stop_at
 end
 
