@@ -20,6 +20,7 @@
 -- "tool_calls" (others as they are); usage input/output tokens.
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
+local args = require "llamacpp.args"
 local base = require "llamacpp.providers.base"
 
 local M = base.provider{
@@ -198,10 +199,29 @@ local function convert_tool_choice(tc, parallel)
   return out
 end
 
---- The JSON body (a table) of a chat request.
+-- Anthropic's smallest thinking budget (its API refuses less).
+local MIN_BUDGET = 1024
+
+--- Why the Messages API cannot take req (nil when it can).
+function M.unsupported(req)
+  local _, budget = base.thinking(req)
+  if budget and budget < MIN_BUDGET then
+    return "Anthropic's smallest thinking budget is " .. MIN_BUDGET .. " tokens (thinking_budget = " ..
+           budget .. ")"
+  end
+end
+
+--- The JSON body (a table) of a chat request. Our `thinking = true` or
+-- `thinking_budget = N` becomes {type = "enabled", budget_tokens = N
+-- (default 1024)}; `thinking = false` sends no thinking field. A table
+-- `thinking` is Anthropic's own and passes as it is.
 function M.chat_body(req, stream, model)
   base.check_request(req)
+  local why = M.unsupported(req)
+  if why then args.raise("bad request: " .. why) end
   local body = base.passed(req, HANDLED)
+  local on, budget = base.thinking(req)
+  if on then body.thinking = { type = "enabled", budget_tokens = budget or MIN_BUDGET } end
   local msgs, system = convert_messages(req.messages or {})
   if req.system then table.insert(system, 1, req.system) end
   if #system > 0 then body.system = concat(system, "\n\n") end

@@ -138,6 +138,10 @@ end
 -- What of req this wire cannot carry, in words; nil when it carries it
 -- all. The router skips a deployment for it; a client raises it.
 function M.unsupported(req)
+  local _, budget = base.thinking(req)
+  if budget then
+    return "Ollama has no thinking budget ('thinking_budget'): only thinking on or off"
+  end
   local msgs = req.messages or {}
   for i = 1, #msgs do
     local content = type(msgs[i]) == "table" and msgs[i].content
@@ -178,6 +182,8 @@ function M.chat_body(req, stream, model)
     end
   end
   body.messages = convert_messages(req)
+  local on = base.thinking(req)
+  if on ~= nil and body.think == nil then body.think = on end
   if body.model == nil then body.model = model end
   body.stream = stream and true or false
   return body
