@@ -386,13 +386,29 @@ end
 
 -- }===
 
+-- The events that end the wait for the first token (first_token_ms).
+local FIRST = { content = true, reasoning = true, tool_call = true }
+
+-- stats (a function: providers/base.lua stats) of result or done event r,
+-- with the client's clock: t0 the request's start, first the first
+-- token's arrival (nil: unknown), now the end.
+local function stats_of(stats, r, t0, first)
+  local s = stats(r)
+  local now = core.now()
+  s.total_ms = now - t0
+  if first then s.first_token_ms = first - t0 end
+  return s
+end
+
 function steps.chat(io, self, req)
   args.check(type(req) == "table", 1, "chat", args.expected("table", req))
   check_stream_flag(req, "chat", false)
   local p = self.provider
+  local t0 = core.now()
   local res, err = request(io, self, "POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
   if not res then return nil, err end
   res.provider = p.name
+  res.stats = stats_of(p.stats or base.stats, res, t0)
   return res
 end
 
@@ -402,7 +418,8 @@ end
 --   (temperature, seed, stop, grammar, json_schema, response_format, tools,
 --   tool_choice, logprobs, ...), passed through
 -- @treturn table `{content, reasoning, tool_calls, stop_reason, usage =
---   {input_tokens, output_tokens}, timings, logprobs, model, id, provider, raw}`
+--   {input_tokens, output_tokens}, timings, stats, logprobs, model, id,
+--   provider, raw}` (`stats`: @{llamacpp.stats})
 -- @return[2] nil
 -- @return[2] @{llamacpp.Error}
 -- @within Client
@@ -443,6 +460,7 @@ function M.stream_class(name, who)
   return class
 end
 
+
 --- A stream of normalised events over one transfer, from
 -- @{Client:open_stream}, @{Client:chat_stream} and the other streaming methods.
 -- @type Stream
@@ -460,13 +478,20 @@ function Stream:_pop()
   local ev = self.q[h]
   self.q[h] = nil
   if h == self.qt then self.qh, self.qt = 1, 0 else self.qh = h + 1 end
+  local t = ev.type
   -- progress is not text: after it alone a retry repeats nothing seen
-  if ev.type ~= "progress" then self.nevents = self.nevents + 1 end
+  if t ~= "progress" then
+    self.nevents = self.nevents + 1
+    if not self.first_at and FIRST[t] then self.first_at = core.now() end
+  end
   return ev
 end
 
--- The last event: done or error. Releases the transfer.
+-- The last event: done (with its stats) or error. Releases the transfer.
 function Stream:_finish(ev)
+  if ev.type == "done" then
+    ev.stats = stats_of(self.stats_of, ev, self.t0, self.first_at)
+  end
   self.ended = true
   if self.t then self.t:close() end
   self.t = nil
@@ -544,8 +569,9 @@ function Stream:_next(timeout_ms, take)
     if data then
       if not dec.finished then           -- nothing counts after [DONE]
         local e, ev = dec:feed(data, name, push)
-        if ev then                       -- one event: no queueing
+        if ev then                       -- one event (content): no queueing
           self.nevents = self.nevents + 1
+          if not self.first_at then self.first_at = core.now() end
           return ev
         end
         if e then self:_fail(e)
@@ -598,13 +624,15 @@ function Client:open_stream(req, opts)
   local p = self.provider
   local body = p.chat_body(req, true, self.model)
   local t = self:_open("POST", p.chat_path, json.encode(body), p.framing, p.template)
-  return self:_stream(t, p.decoder(opts), body.model)
+  return self:_stream(t, p.decoder(opts), body.model, p.stats)
 end
 
--- A Stream over transfer t, read with decoder dec, for `model`.
-function Client:_stream(t, dec, model)
+-- A Stream over transfer t, read with decoder dec, for `model`; its done
+-- event's server figures from `stats` (a provider's, else base.stats).
+function Client:_stream(t, dec, model, stats)
   local s = setmetatable({ client = self, t = t, dec = dec, model = model,
-                           q = {}, qh = 1, qt = 0, nevents = 0,
+                           q = {}, qh = 1, qt = 0, nevents = 0, t0 = core.now(),
+                           stats_of = stats or base.stats,
                            ended = false, closed = false }, Stream)
   s.push = function(ev) s:_push(ev) end
   secrets[s] = secrets[t]
@@ -924,9 +952,17 @@ local function native_stream(self, path, body, opts)
   return function() return s:next() end, s, nil, s
 end
 
+-- A native answer read whole, with its stats.
+local function native_whole(io, self, path, body)
+  local t0 = core.now()
+  local res, err = request(io, self, "POST", path, body, false, native.result)
+  if not res then return nil, err end
+  res.stats = stats_of(base.stats, res, t0)
+  return res
+end
+
 function steps.completion(io, self, req)
-  return request(io, self, "POST", "/completion", native_body(self, "completion", req, false, "prompt"),
-                    false, native.result)
+  return native_whole(io, self, "/completion", native_body(self, "completion", req, false, "prompt"))
 end
 
 --- POST /completion (native): a prompt (string, tokens, or mixed) and
@@ -944,8 +980,7 @@ function Client:completion_stream(req, opts)
 end
 
 function steps.infill(io, self, req)
-  return request(io, self, "POST", "/infill", native_body(self, "infill", req, false, "input_prefix"),
-                    false, native.result)
+  return native_whole(io, self, "/infill", native_body(self, "infill", req, false, "input_prefix"))
 end
 
 --- POST /infill: fill-in-the-middle for editors (input_prefix,

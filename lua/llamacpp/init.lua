@@ -45,10 +45,16 @@ local M = {
 -- @field follow_redirects follow redirects (off by default; credentials are
 --   not sent to another host)
 
---- Stream events, in order: any number of `content`, `reasoning` and
--- `tool_call`, then exactly one `done` or `error`, then the end.
+--- Stream events, in order: with `progress = true`, `progress` events
+-- while the server reads the prompt; any number of `content`, `reasoning`
+-- and `tool_call`, then exactly one `done` or `error`, then the end.
 -- @table event
--- @field type `"content"`, `"reasoning"`, `"tool_call"`, `"done"` or `"error"`
+-- @field type `"progress"`, `"content"`, `"reasoning"`, `"tool_call"`,
+--   `"done"` or `"error"`
+-- @field processed progress: prompt tokens read so far, the cached ones included
+-- @field total progress: the prompt's tokens
+-- @field cached progress: prompt tokens taken from the server's cache
+-- @field time_ms progress: the server's time spent on the prompt so far
 -- @field content text of a content or reasoning event; on `done`, all the text
 -- @field logprobs on content events when asked (`logprobs = true`)
 -- @field probs on content events of completion streams with `n_probs`
@@ -61,8 +67,27 @@ local M = {
 -- @field stop_reason done: `"stop"`, `"length"`, `"tool_calls"`, ...
 -- @field usage done: `{input_tokens =, output_tokens =, ...}`
 -- @field timings done: llama-server's timings (prompt_n, predicted_per_second, ...)
+-- @field stats done: the figures of @{stats}
 -- @field error error: the @{Error}
 -- @field provider with the router: the deployment that answered
+
+--- The figures of one answer, the same for every provider: `done.stats`
+-- and the `stats` of whole results. From the server's own numbers where
+-- it gives them (llama-server's usage and timings, Ollama's counts and
+-- durations, Anthropic's usage), and from the client's monotonic clock.
+-- A figure the server does not give is absent, never made up.
+-- @table stats
+-- @field input_tokens the whole prompt, the part from the cache included
+-- @field cached_tokens prompt tokens taken from the cache
+-- @field output_tokens tokens generated
+-- @field prompt_ms the server's time reading the prompt
+-- @field generation_ms the server's time generating
+-- @field prompt_tokens_per_s prompt tokens read per second
+-- @field generation_tokens_per_s tokens generated per second
+-- @field first_token_ms streams: from the request's start to the first
+--   content, reasoning or tool-call event (progress does not count)
+-- @field total_ms from the request's start to its end (of the attempt that
+--   answered, with the router)
 
 --- Run-time failures: `nil, err` from calls, the `error` of a last event.
 -- A table whose metatable is `llamacpp.Error` (also `llamacpp.Error`);

@@ -199,6 +199,18 @@ local function convert_tool_choice(tc, parallel)
   return out
 end
 
+--- The common figures (providers/base.lua stats): Anthropic's
+-- input_tokens leaves out what was read from or written to the cache, so
+-- the whole prompt is their sum.
+function M.stats(r)
+  local s = base.stats(r)
+  local u = r.usage
+  if type(u) == "table" and type(u.input_tokens) == "number" then
+    s.input_tokens = u.input_tokens + (u.cached_tokens or 0) + (u.cache_creation_tokens or 0)
+  end
+  return s
+end
+
 -- Anthropic's smallest thinking budget (its API refuses less).
 local MIN_BUDGET = 1024
 

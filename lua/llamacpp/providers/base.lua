@@ -148,6 +148,36 @@ function M.stop_reasons(map)
 end
 
 
+local function rate(n, ms)
+  if type(n) == "number" and type(ms) == "number" and ms > 0 then return n * 1000 / ms end
+end
+
+--- The figures of an answer that read the same for every provider, from
+-- what the server gave in r (a result or done event): `usage` (tokens)
+-- and `timings` (llama-server's; Ollama's durations are given in the same
+-- words). {input_tokens (the whole prompt, cached part included),
+-- cached_tokens, output_tokens, prompt_ms, generation_ms,
+-- prompt_tokens_per_s, generation_tokens_per_s}; a figure the server did
+-- not give is absent. The client adds its own clock's first_token_ms and
+-- total_ms. A provider whose usage counts otherwise has its own stats(r).
+function M.stats(r)
+  local u, t = r.usage or {}, r.timings or {}
+  local s = {
+    input_tokens = u.input_tokens,
+    cached_tokens = u.cached_tokens or t.cache_n,
+    output_tokens = u.output_tokens or t.predicted_n,
+    prompt_ms = t.prompt_ms,
+    generation_ms = t.predicted_ms,
+    prompt_tokens_per_s = t.prompt_per_second or rate(t.prompt_n, t.prompt_ms),
+    generation_tokens_per_s = t.predicted_per_second or rate(t.predicted_n, t.predicted_ms),
+  }
+  if s.input_tokens == nil and type(t.prompt_n) == "number" then
+    s.input_tokens = t.prompt_n + (s.cached_tokens or 0)
+  end
+  return s
+end
+
+
 -- {====== decoder ======
 
 --- The methods every decoder has; a provider's class (decoder_class)
