@@ -408,6 +408,7 @@ function steps.chat(io, self, req)
   local res, err = request(io, self, "POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
   if not res then return nil, err end
   res.provider = p.name
+  if req.think_tags == "split" then base.split_think(res) end
   res.stats = stats_of(p.stats or base.stats, res, t0)
   return res
 end
@@ -624,17 +625,19 @@ function Client:open_stream(req, opts)
   local p = self.provider
   local body = p.chat_body(req, true, self.model)
   local t = self:_open("POST", p.chat_path, json.encode(body), p.framing, p.template)
-  return self:_stream(t, p.decoder(opts), body.model, p.stats)
+  return self:_stream(t, p.decoder(opts), body.model, p.stats, req.think_tags)
 end
 
 -- A Stream over transfer t, read with decoder dec, for `model`; its done
--- event's server figures from `stats` (a provider's, else base.stats).
-function Client:_stream(t, dec, model, stats)
+-- event's server figures from `stats` (a provider's, else base.stats);
+-- think_tags: the request's option.
+function Client:_stream(t, dec, model, stats, think_tags)
   local s = setmetatable({ client = self, t = t, dec = dec, model = model,
                            q = {}, qh = 1, qt = 0, nevents = 0, t0 = core.now(),
                            stats_of = stats or base.stats,
                            ended = false, closed = false }, Stream)
   s.push = function(ev) s:_push(ev) end
+  if think_tags == "split" then dec:split_think(s.push) end
   secrets[s] = secrets[t]
   self.streams[s] = true
   return s
@@ -946,23 +949,24 @@ local function native_body(self, fname, req, stream, need)
   return body
 end
 
-local function native_stream(self, path, body, opts)
+local function native_stream(self, path, body, opts, req)
   local t = self:_open("POST", path, json.encode(body), "sse")
-  local s = self:_stream(t, native.decoder(opts), body.model)
+  local s = self:_stream(t, native.decoder(opts), body.model, nil, req.think_tags)
   return function() return s:next() end, s, nil, s
 end
 
 -- A native answer read whole, with its stats.
-local function native_whole(io, self, path, body)
+local function native_whole(io, self, path, body, req)
   local t0 = core.now()
   local res, err = request(io, self, "POST", path, body, false, native.result)
   if not res then return nil, err end
+  if req.think_tags == "split" then base.split_think(res) end
   res.stats = stats_of(base.stats, res, t0)
   return res
 end
 
 function steps.completion(io, self, req)
-  return native_whole(io, self, "/completion", native_body(self, "completion", req, false, "prompt"))
+  return native_whole(io, self, "/completion", native_body(self, "completion", req, false, "prompt"), req)
 end
 
 --- POST /completion (native): a prompt (string, tokens, or mixed) and
@@ -976,11 +980,11 @@ function Client:completion(req) return steps.completion(blocking, self, req) end
 -- @within Client
 function Client:completion_stream(req, opts)
   return native_stream(self, "/completion", native_body(self, "completion_stream", req, true, "prompt"),
-                       check_stream_opts(opts, "completion_stream"))
+                       check_stream_opts(opts, "completion_stream"), req)
 end
 
 function steps.infill(io, self, req)
-  return native_whole(io, self, "/infill", native_body(self, "infill", req, false, "input_prefix"))
+  return native_whole(io, self, "/infill", native_body(self, "infill", req, false, "input_prefix"), req)
 end
 
 --- POST /infill: fill-in-the-middle for editors (input_prefix,
@@ -992,7 +996,7 @@ function Client:infill(req) return steps.infill(blocking, self, req) end
 -- @within Client
 function Client:infill_stream(req, opts)
   return native_stream(self, "/infill", native_body(self, "infill_stream", req, true, "input_prefix"),
-                       check_stream_opts(opts, "infill_stream"))
+                       check_stream_opts(opts, "infill_stream"), req)
 end
 
 -- }=====================================================================

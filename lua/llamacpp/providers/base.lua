@@ -178,6 +178,78 @@ function M.stats(r)
 end
 
 
+-- {====== think tags ======
+-- Some templates (or reasoning_format = "none") leave the reasoning in the
+-- content, as a leading <think>...</think>. A splitter moves that block
+-- to reasoning, whatever the pieces the content comes in: the tags may be
+-- cut anywhere. Only a leading block (after white space) counts; the
+-- white space after it is dropped; the rest of the content is left as it
+-- is.
+
+local OPEN, CLOSE = "<think>", "</think>"
+
+-- The length of the longest end of s that begins `tag` (a tag cut short).
+local function cut_tag(s, tag)
+  for n = math.min(#s, #tag - 1), 1, -1 do
+    if s:sub(-n) == tag:sub(1, n) then return n end
+  end
+  return 0
+end
+
+--- A splitter: split(s, emit) takes the next piece of content and calls
+-- emit(kind, text) with kind "reasoning" or "content"; flush(emit) at
+-- the end gives what it still holds.
+function M.think_splitter()
+  local state, held = "start", ""
+  local sp = {}
+  function sp.split(s, emit)
+    if state == "off" then return emit("content", s) end
+    s = held .. s
+    held = ""
+    if state == "start" then
+      local rest = s:match("^%s*(.*)$")
+      if #rest < #OPEN and OPEN:sub(1, #rest) == rest then held = s; return end
+      if rest:sub(1, #OPEN) ~= OPEN then state = "off"; return emit("content", s) end
+      s, state = rest:sub(#OPEN + 1), "in"
+    end
+    if state == "in" then
+      local i, j = s:find(CLOSE, 1, true)
+      if not i then
+        local n = cut_tag(s, CLOSE)
+        if #s > n then emit("reasoning", s:sub(1, #s - n)) end
+        held = s:sub(#s - n + 1)
+        return
+      end
+      if i > 1 then emit("reasoning", s:sub(1, i - 1)) end
+      s, state = s:sub(j + 1), "after"
+    end
+    s = s:match("^%s*(.*)$")                     -- state "after"
+    if s ~= "" then state = "off"; emit("content", s) end
+  end
+  function sp.flush(emit)
+    local h = held
+    held = ""
+    if h == "" then return end
+    if state == "in" then emit("reasoning", h) elseif state == "start" then emit("content", h) end
+  end
+  return sp
+end
+
+--- The same on a whole answer (r.content and r.reasoning, in place).
+function M.split_think(r)
+  if type(r.content) ~= "string" then return end
+  local out = { content = {}, reasoning = { r.reasoning } }
+  local function emit(kind, s) out[kind][#out[kind] + 1] = s end
+  local sp = M.think_splitter()
+  sp.split(r.content, emit)
+  sp.flush(emit)
+  r.content = concat(out.content)
+  if #out.reasoning > 0 then r.reasoning = concat(out.reasoning) end
+end
+
+-- }======
+
+
 -- {====== decoder ======
 
 --- The methods every decoder has; a provider's class (decoder_class)
@@ -223,13 +295,14 @@ end
 
 --- Text s of `kind` ("content" or "reasoning"), when it is a non-empty
 -- string: kept for done, and pushed as an event (with ev[key] = value
--- when key is given).
+-- when key is given); content through the think splitter when the
+-- decoder has one (split_think).
 function Decoder:text(push, kind, s, key, value)
   if type(s) ~= "string" or s == "" then return end
-  self[kind]:add(s)
-  local ev = { type = kind, content = s }
-  if key then ev[key] = value end
-  push(ev)
+  if kind == "content" and self.think then
+    return self.think.split(s, function(k, t) self:emit(push, k, t, key, value) end)
+  end
+  self:emit(push, kind, s, key, value)
 end
 
 --- llama-server's `prompt_progress` object (when pp is one) pushed as a
@@ -239,6 +312,23 @@ function M.progress(push, pp)
   if type(pp) ~= "table" then return end
   push({ type = "progress", processed = M.int(pp.processed), total = M.int(pp.total),
          cached = M.int(pp.cache), time_ms = M.int(pp.time_ms) })
+end
+
+-- Text s of `kind`, kept for done and pushed as an event (with ev[key] =
+-- value when key is given).
+function Decoder:emit(push, kind, s, key, value)
+  self[kind]:add(s)
+  local ev = { type = kind, content = s }
+  if key then ev[key] = value end
+  push(ev)
+end
+
+--- From now on, a leading <think>...</think> of the content goes to
+-- reasoning events (the request's `think_tags = "split"`); push is the
+-- stream's, for what the splitter still holds at the end.
+function Decoder:split_think(push)
+  self.think = M.think_splitter()
+  self.think_push = push
 end
 
 --- The tool call at 0-based `index`, made on first sight: {index, id,
@@ -284,6 +374,9 @@ end
 --- The `done` event: the text and tool calls assembled, and what feed()
 -- kept of the stop reason, usage, timings, model and id.
 function Decoder:done()
+  if self.think then
+    self.think.flush(function(k, t) self:emit(self.think_push, k, t) end)
+  end
   return {
     type = "done",
     content = self.content:get(),

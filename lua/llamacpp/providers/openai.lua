@@ -99,6 +99,7 @@ local tool_args = base.tool_args
 local function feed(self, data, name, push)
   if name == true then                 -- the template's plain token
     if data == "" then return nil end
+    if self.think then return self:text(push, "content", data) end
     self.content:add(data)
     return nil, { type = "content", content = data }
   end
