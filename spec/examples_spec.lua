@@ -33,7 +33,17 @@ describe("examples", function()
     local code, out = run("examples/chat.lua", { LLAMACPP_ENDPOINT = srv:replay("chat_stream_usage") }, { "Hi" })
     assert.equal(0, code)
     assert.equal(1, select(2, out:gsub(want.content:gsub("%p", "%%%0"), "")))
-    assert.matches("%[length: %d+ prompt %+ 16 generated tokens", out)
+    assert.matches("%[length: %d+ prompt %(%d+ cached%) %+ 16 generated tokens", out)
+  end)
+
+  it("chat.lua shows the prompt's progress, then the stats line", function()
+    local code, out, err = run("examples/chat.lua", { LLAMACPP_ENDPOINT = srv:replay("chat_stream_progress_cached") },
+                               { "Hi" })
+    assert.equal(0, code, err)
+    assert.matches("\rreading prompt 1449/1450 %(99%% cached%)", err)
+    assert.matches("\rreading prompt 1450/1450 %(99%% cached%)", err)
+    assert.matches("%[length: 1450 prompt %(1449 cached%) %+ 4 generated tokens, %d+ tokens/s, " ..
+                   "first token [%d.]+ s, [%d.]+ s%]", out)
   end)
 
   it("chat.lua explains what to do when nothing listens", function()

@@ -93,6 +93,15 @@ describe("the Neovim plugin's chat", function()
     assert.equal("Late answer.", res.reply)
   end)
 
+  it("shows how far the server read the prompt, from its progress", function()
+    srv:reply{ content = "Read it.", prompt_tokens = 640, batch = 64, pace = 0.15 }
+    local res = run{ scenario = "reply", probe_ms = 800 }
+    assert.matches("reading the prompt %d+%% %(%d+/640%) %d+%.%d s", res.indicator)
+    assert.equal("Read it.", res.reply)
+    assert.is_true(chat_bodies(srv)[1].return_progress)
+    assert.is_nil(chat_bodies(srv)[1].progress)
+  end)
+
   local function long_reply()
     local parts = {}
     for i = 1, 120 do parts[i] = "line " .. i .. "\n" end
