@@ -162,6 +162,16 @@ describe("progress", function()
       fake:reply{ content = "Hi." }                          -- no option: no progress
       assert.equal(0, #progress_of(util.collect(c:chat_stream{ messages = MSGS })))
     end)
+
+    it("progress keeps a long prompt's stream alive past idle_timeout", function()
+      -- 21 progress chunks 0.1 s apart: 2 s of prompt reading, idle_timeout 1 s
+      fake:reply{ content = "Read.", prompt_tokens = 1280, batch = 64, pace = 0.1 }
+      local c = llamacpp.new{ endpoint = fake.endpoint, idle_timeout = 1 }
+      local evs = util.collect(c:chat_stream{ messages = MSGS, progress = true })
+      assert.equal(21, #progress_of(evs))
+      assert.equal("done", evs[#evs].type)
+      assert.equal("Read.", evs[#evs].content)
+    end)
   end)
 
   if has_luv then
