@@ -150,8 +150,8 @@ static int lcpp_sse_bom (lcpp_frame *f, const char **pp, const char *end) {
 
 static int lcpp_sse_feed (lcpp_frame *f, const char *p, const char *end,
                           lcpp_emit_fn emit, void *ud) {
-  const char *nl, *cr, *q;
-  int rc;
+  const char *nl, *cr, *q, *buf = p;
+  int rc, empty;
   if (!(f->state & LCPP_ST_BOMDONE)) {
     rc = lcpp_sse_bom(f, &p, end);
     if (rc != LCPP_FRAME_OK || p == end) return rc;
@@ -181,6 +181,7 @@ static int lcpp_sse_feed (lcpp_frame *f, const char *p, const char *end,
     }
     q = nl < cr ? nl : cr;
     if (q == end) return lcpp_keep(f, p, (size_t)(end - p));
+    empty = f->linelen == 0 && q == p;
     if (f->linelen > 0) {  /* finish the line begun in an earlier feed */
       rc = lcpp_keep(f, p, (size_t)(q - p));
       if (rc == LCPP_FRAME_OK)
@@ -195,6 +196,9 @@ static int lcpp_sse_feed (lcpp_frame *f, const char *p, const char *end,
       if (p == end) f->state |= LCPP_ST_CR;
       else if (*p == '\n') p++;
     }
+    /* after an empty line no event is half built: a restart point (the LF
+       of a CRLF cut by the feed, if it comes, is an empty line again) */
+    if (empty) f->mark = f->fed + (size_t)(p - buf);
   }
   return LCPP_FRAME_OK;
 }
@@ -269,6 +273,7 @@ int lcpp_frame_feed (lcpp_frame *f, const char *buf, size_t n,
   if (n == 0) return LCPP_FRAME_OK;
   if (f->mode == LCPP_NDJSON) rc = lcpp_nd_feed(f, buf, buf + n, emit, ud);
   else rc = lcpp_sse_feed(f, buf, buf + n, emit, ud);
+  f->fed += n;
   if (rc != LCPP_FRAME_OK) f->error = rc;
   return rc;
 }

@@ -60,6 +60,10 @@ typedef struct lcpp_frame {
   char *event;           /* name of the event being built (SSE) */
   size_t eventlen, eventcap;
   size_t nevents;        /* events emitted so far */
+  size_t fed;            /* bytes fed so far */
+  size_t mark;           /* bytes up to the end of the last empty line (SSE):
+                            a parser fed the input from there on emits
+                            exactly the events that follow */
 } lcpp_frame;
 
 /* Initialise; max_event == 0 means the default (LCPP_FRAME_DEFAULT_MAX). */

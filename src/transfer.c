@@ -629,6 +629,17 @@ static int transfer_ready (lua_State *L) {
 }
 
 
+/* transfer:mark() -> the body bytes up to the end of the last complete
+   event (SSE: the last empty line): the events parsed from them are all
+   queued or taken, so the body read again from there repeats none and
+   misses none (resumable streams). */
+static int transfer_mark (lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  lua_pushinteger(L, (lua_Integer)t->frame.mark);
+  return 1;
+}
+
+
 /* transfer:result() -> status, body, framed: response() without the
    header table, for the common case that needs no header. */
 static int transfer_result (lua_State *L) {
@@ -700,6 +711,7 @@ const luaL_Reg lcpp_transfer_methods[] = {
   {"next", transfer_next},
   {"take", transfer_take},
   {"ready", transfer_ready},
+  {"mark", transfer_mark},
   {"response", transfer_response},
   {"result", transfer_result},
   {"close", transfer_close},

@@ -856,6 +856,53 @@ static void test_lifetime (void) {
 /* }====== */
 
 
+/*
+** mark: cut a stream after every byte k; a fresh parser fed the bytes
+** from the first one's mark on gives exactly the events the first one
+** had not emitted (resumable streams read the body again from there).
+*/
+static void test_mark (void) {
+  static const char *cases[] = {
+    "data: a\n\ndata: b\n\n",
+    "data: one\r\n\r\ndata: two\r\ndata: more\r\n\r\n",
+    "data: x\r\rdata: y\r\r: comment\r\revent: e\rdata: z\r\r",
+    ": hi\n\nevent: tick\ndata: {\"k\":1}\n\n\n\ndata: [DONE]\n\n",
+    "\xef\xbb\xbf" "data: bom\n\ndata: \xc3\xa9t\xc3\xa9\n\n",
+  };
+  size_t c, k;
+  for (c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+    const char *s = cases[c];
+    size_t n = strlen(s);
+    rec whole;
+    memset(&whole, 0, sizeof(whole));
+    run(LCPP_SSE, 0, s, n, NULL, 0, &whole);
+    for (k = 0; k <= n; k++) {
+      lcpp_frame f;
+      rec a, b;
+      size_t m;
+      memset(&a, 0, sizeof(a));
+      memset(&b, 0, sizeof(b));
+      lcpp_frame_init(&f, LCPP_SSE, 0);
+      if (k > 0) {                               /* two feeds: 1, then the rest */
+        lcpp_frame_feed(&f, s, 1, rec_emit, &a);
+        lcpp_frame_feed(&f, s + 1, k - 1, rec_emit, &a);
+      }
+      m = f.mark;
+      lcpp_frame_free(&f);
+      check(m <= k, "mark: case %zu cut %zu: mark %zu past the cut", c, k, m);
+      run(LCPP_SSE, 0, s + m, n - m, NULL, 0, &b);
+      buf_add(&a.out, b.out.p, b.out.n);
+      check(a.nev + b.nev == whole.nev && a.out.n == whole.out.n &&
+            (whole.out.n == 0 || memcmp(a.out.p, whole.out.p, whole.out.n) == 0),
+            "mark: case %zu cut %zu (mark %zu): events lost or repeated", c, k, m);
+      buf_free(&a.out);
+      buf_free(&b.out);
+    }
+    buf_free(&whole.out);
+  }
+}
+
+
 int main (int argc, char **argv) {
   const char *corpus = NULL;
   if (argc == 4 && strcmp(argv[2], "--write-corpus") == 0)
@@ -875,6 +922,7 @@ int main (int argc, char **argv) {
   test_oversize();
   test_abort();
   test_lifetime();
+  test_mark();
   printf("%d passed, %d failed\n", npass, nfail);
   return nfail != 0;
 }
