@@ -147,6 +147,7 @@ function M.new(opts)
   -- libcurl takes http_proxy & co. from the environment; a loopback server
   -- is never reached through them unless a proxy is given explicitly (below)
   private[self] = { url = (raw:gsub("/+$", "")), header_lines = lines,
+                    waiting = setmetatable({}, { __mode = "k" }),   -- stream -> when it reattaches
                     proxy = opts.proxy or (is_loopback(host) and "" or nil) }
   self.transfer_opts = t
   secrets[self] = opts.api_key
@@ -167,8 +168,10 @@ function Client:_key()
   return k
 end
 
--- Starts a transfer: method, path, body (string or nil), framing.
-function Client:_open(method, path, body, framing, template)
+-- Starts a transfer: method, path, body (string or nil), framing; extra:
+-- a header line of ours (X-Conversation-Id), or nil; o: transfer options
+-- over the client's (a short timeout), or nil.
+function Client:_open(method, path, body, framing, template, extra, o2)
   local key = self:_key()
   local h = { "Accept: " .. (framing == "sse" and "text/event-stream" or "application/json"),
               "Expect:" }
@@ -181,9 +184,11 @@ function Client:_open(method, path, body, framing, template)
   local priv = private[self]
   local lines = priv.header_lines
   for i = 1, #lines do h[#h + 1] = lines[i] end
+  if extra then h[#h + 1] = extra end
   local o = { url = priv.url .. path, method = method, body = body, proxy = priv.proxy,
               headers = h, framing = framing, template = template }
   for k, v in pairs(self.transfer_opts) do o[k] = v end
+  if o2 then for k, v in pairs(o2) do o[k] = v end end
   local t = self.session:open(o)
   secrets[t] = key
   return t
@@ -404,8 +409,12 @@ function steps.chat(io, self, req)
   args.check(type(req) == "table", 1, "chat", args.expected("table", req))
   check_stream_flag(req, "chat", false)
   local p = self.provider
+  local body = p.chat_body(req, false, self.model)
+  if base.resume_of(req) then
+    args.check(false, 1, "chat", "'resumable' is for streams: use chat_stream")
+  end
   local t0 = core.now()
-  local res, err = request(io, self, "POST", p.chat_path, p.chat_body(req, false, self.model), false, p.parse_chat)
+  local res, err = request(io, self, "POST", p.chat_path, body, false, p.parse_chat)
   if not res then return nil, err end
   res.provider = p.name
   if req.think_tags == "split" then base.split_think(res) end
@@ -490,8 +499,14 @@ end
 
 -- The last event: done (with its stats) or error. Releases the transfer.
 function Stream:_finish(ev)
+  local rs = self.rs
   if ev.type == "done" then
     ev.stats = stats_of(self.stats_of, ev, self.t0, self.first_at)
+    if rs then ev.resumed, ev.stats.resumed = rs.n, rs.n end
+  end
+  if rs then
+    rs.over = true
+    private[self.client].waiting[self] = nil
   end
   self.ended = true
   if self.t then self.t:close() end
@@ -513,6 +528,18 @@ function Stream:_eof()
   if self.dec.finished then
     return self:_finish(self.dec:done())
   end
+  local rs = self.rs
+  if not r.framed and rs and rs.again and r.status then   -- GET /v1/stream/ID refused
+    local e = errors.http(r.status, r.body, r.headers, label)
+    if r.status == 404 then
+      return self:_give_up("the server no longer has stream " .. rs.id ..
+                           " (it expired, was cancelled, or the server restarted)", e)
+    elseif r.status == 400 then
+      return self:_give_up("the server no longer holds byte " .. rs.base .. " of stream " ..
+                           rs.id .. " (" .. tostring(e.detail or e.message) .. ")", e)
+    end
+    return self:_broken(e)
+  end
   if not r.framed then
     if r.status and r.status >= 300 and r.status < 400 then
       return self:_fail(self.client:_redirect(r.status, r.headers))
@@ -524,9 +551,117 @@ function Stream:_eof()
       tostring(r.headers["content-type"]) .. " (status " .. tostring(r.status) .. ")",
       { status = r.status, body = r.body:sub(1, 4096), code = "BAD_CONTENT_TYPE" }))
   end
-  self:_fail(errors.new("truncated", label .. " stream ended without its terminator",
-                        { status = r.status }))
+  self:_broken(errors.new("truncated", label .. " stream ended without its terminator",
+                          { status = r.status }))
 end
+
+-- {=== resumable streams ===
+-- A stream sent with X-Conversation-Id: ID is kept by llama-server, which
+-- serves its body again from any byte (GET /v1/stream/ID?from=N). When the
+-- connection fails mid-stream (network, a body cut short, an idle or
+-- connect timeout; never an error event of the server's) the stream
+-- reattaches from the end of the last event it parsed (transfer:mark()),
+-- so the caller sees one stream: nothing lost, nothing repeated.
+
+-- What may have cut a stream that the server still has.
+local function cut(e)
+  local k = e.kind
+  return k == "network" or k == "connection" or k == "truncated" or k == "http"
+         or (k == "timeout" and e.phase ~= "total")
+end
+
+-- Waits before reattach number n of one outage (ms): at once, then doubling.
+local function backoff(n)
+  if n <= 1 then return 0 end
+  return math.min(2000, 100 * 2 ^ (n - 2))
+end
+
+-- The transfer failed with e (or was cut short: a truncated e).
+function Stream:_broken(e)
+  local rs = self.rs
+  local t = self.t
+  -- the server has the stream once it began answering with one
+  if not rs or not cut(e) or not (rs.again or t:response().framed) then return self:_fail(e) end
+  rs.base = rs.base + t:mark()
+  t:close()
+  self.t = nil
+  local now = core.now()
+  rs.since = rs.since or now
+  rs.tries = rs.tries + 1
+  rs.last = e
+  local at = now + backoff(rs.tries)
+  if rs.tries > rs.attempts or at > rs.since + rs.within * 1000 then
+    return self:_give_up(rs.attempts == 0 and "resuming is off (resume.attempts = 0)" or
+                         (rs.tries - 1) .. " attempts in " .. ("%.1f"):format((now - rs.since) / 1000) ..
+                         " s failed", e)
+  end
+  rs.retry_at = at
+  private[self.client].waiting[self] = at
+end
+
+-- Resuming failed: a truncated error saying why, with what came.
+function Stream:_give_up(why, last)
+  local rs = self.rs
+  if self.t then self.t:close() end
+  self.t = nil
+  local label = self.client.provider.label
+  local e = errors.new("truncated", label .. " stream cut at byte " .. rs.base ..
+                       " and not resumed: " .. why, { status = last.status, code = "NOT_RESUMED" })
+  local c = self.client
+  e.detail = c:_error(last, secrets[self]).message
+  e.conversation_id = rs.id
+  self:_fail(e)
+end
+
+-- The reattach that is due: GET /v1/stream/ID?from=<bytes parsed>.
+function Stream:_reattach()
+  local rs = self.rs
+  rs.retry_at = nil
+  private[self.client].waiting[self] = nil
+  rs.again, rs.fresh = true, true
+  self.t = self.client:_open("GET", "/v1/stream/" .. rs.id .. "?from=" .. rs.base, nil,
+                             rs.framing, rs.template)
+  secrets[self] = secrets[self.t]
+end
+
+-- For drivers (llamacpp.uv): ms until a stream of client c is due to
+-- reattach (0: now), nil when none waits.
+function M.due(c)
+  local soonest
+  for _, at in pairs(private[c].waiting) do
+    if not soonest or at < soonest then soonest = at end
+  end
+  if soonest then return math.max(0, soonest - core.now()) end
+end
+
+local urandom = "/dev/urandom"
+
+-- An unguessable conversation id (128 bits, hex).
+local function new_id()
+  local f = io.open(urandom, "rb")
+  local b = f and f:read(16)
+  if f then f:close() end
+  if not b or #b ~= 16 then
+    raise("bad request: no " .. urandom .. " to make an unguessable id: give 'conversation_id'")
+  end
+  return (b:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end))
+end
+
+-- The resume state of a new stream for req (nil: not resumable), and its
+-- header line. Raises when the provider cannot resume.
+local function resume_plan(self, req, fname)
+  local r = base.resume_of(req)
+  if not r then return nil end
+  if not self.provider.resumable then
+    args.check(false, 1, fname, "'resumable': " .. self.provider.label ..
+               " cannot resume a stream (only llama-server can)")
+  end
+  r.id = r.id or new_id()
+  r.base, r.n, r.tries = 0, 0, 0
+  return r, "X-Conversation-Id: " .. r.id
+end
+
+-- }===
 
 --- The next event; nil after the last one (done or error); false when
 -- timeout_ms (0: do not block) passed with nothing ready.
@@ -541,6 +676,7 @@ end
 function Stream:ready()
   if self.qh <= self.qt then return true end
   if self.ended then return false end
+  if not self.t then return core.now() >= self.rs.retry_at end
   return self.t:ready()
 end
 
@@ -553,6 +689,20 @@ function Stream:_next(timeout_ms, take)
   local deadline = timeout_ms and timeout_ms > 0 and core.now() + timeout_ms
   local t, dec, push = self.t, self.dec, self.push
   while true do
+    if not t then                        -- cut: reattach when due
+      local wait = self.rs.retry_at - core.now()
+      if wait > 0 then
+        local left = deadline and deadline - core.now() or timeout_ms
+        if take or left == 0 then return false end
+        if left and left < wait then
+          if left > 0 then core.sleep(left) end
+          return false
+        end
+        core.sleep(wait)
+      end
+      self:_reattach()
+      t = self.t
+    end
     local data, name
     if take then
       data, name = t:take()
@@ -568,6 +718,11 @@ function Stream:_next(timeout_ms, take)
       data, name = t:next(wait)
     end
     if data then
+      local rs = self.rs
+      if rs and rs.fresh then            -- a reattach that works
+        rs.fresh, rs.tries, rs.since = false, 0, nil
+        rs.n = rs.n + 1
+      end
       if not dec.finished then           -- nothing counts after [DONE]
         local e, ev = dec:feed(data, name, push)
         if ev then                       -- one event (content): no queueing
@@ -588,11 +743,13 @@ function Stream:_next(timeout_ms, take)
         return false
       end
     elseif name then                     -- transport error or timeout
-      if dec.finished then self:_finish(dec:done()) else self:_fail(name) end
-      return self:_pop()
+      if dec.finished then self:_finish(dec:done()) else self:_broken(name) end
+      if self.ended then return self:_pop() end
+      t = nil
     else
       self:_eof()
-      return self:_pop()
+      if self.ended then return self:_pop() end
+      t = nil
     end
   end
 end
@@ -602,13 +759,35 @@ end
 -- false when none is ready, nil after the last.
 function M.take(s) return s:_next(0, true) end
 
---- Aborts the transfer (the server sees the disconnect). Idempotent.
+-- For drivers (llamacpp.uv): closes stream s as :close() does, but leaves
+-- the cancel of a resumable generation to the caller: the path to DELETE,
+-- or nil when there is nothing to cancel.
+function M.leave(s)
+  if s.t then s.t:close() end
+  s.t = nil
+  s.ended = true
+  s.closed = true
+  s.qh, s.qt, s.q = 1, 0, {}
+  local rs = s.rs
+  if not rs or rs.over then return nil end
+  rs.over = true
+  private[s.client].waiting[s] = nil
+  return "/v1/stream/" .. rs.id
+end
+
+-- A cancel waits this long at most (ms): the caller is leaving.
+local CANCEL_OPTS = { connect_timeout = 2000, timeout = 3000 }
+
+--- Aborts the transfer (the server sees the disconnect); a resumable
+-- stream still generating is cancelled (DELETE /v1/stream/ID, a few
+-- seconds at most), as the server does not stop when its reader leaves.
+-- Idempotent.
 function Stream:close()
-  if self.t then self.t:close() end
-  self.t = nil
-  self.ended = true
-  self.closed = true
-  self.qh, self.qt, self.q = 1, 0, {}
+  local path = M.leave(self)
+  if not path then return end
+  local t = self.client:_open("DELETE", path, nil, nil, nil, nil, CANCEL_OPTS)
+  repeat local more = t:next() until more == nil
+  t:close()
 end
 
 --- A stream for a chat request, to be read with :next() and :close().
@@ -624,24 +803,93 @@ function Client:open_stream(req, opts)
   opts = check_stream_opts(opts, "open_stream")
   local p = self.provider
   local body = p.chat_body(req, true, self.model)
-  local t = self:_open("POST", p.chat_path, json.encode(body), p.framing, p.template)
-  return self:_stream(t, p.decoder(opts), body.model, p.stats, req.think_tags)
+  local rs, header = resume_plan(self, req, "open_stream")
+  local t = self:_open("POST", p.chat_path, json.encode(body), p.framing, p.template, header)
+  return self:_stream(t, p.decoder(opts), body.model, p.stats, req.think_tags, rs, p.framing, p.template)
 end
 
 -- A Stream over transfer t, read with decoder dec, for `model`; its done
 -- event's server figures from `stats` (a provider's, else base.stats);
--- think_tags: the request's option.
-function Client:_stream(t, dec, model, stats, think_tags)
+-- think_tags: the request's option; rs: its resume state (resume_plan),
+-- with the framing and template to read the stream again with.
+function Client:_stream(t, dec, model, stats, think_tags, rs, framing, template)
   local s = setmetatable({ client = self, t = t, dec = dec, model = model,
                            q = {}, qh = 1, qt = 0, nevents = 0, t0 = core.now(),
-                           stats_of = stats or base.stats,
+                           stats_of = stats or base.stats, rs = rs,
+                           conversation_id = rs and rs.id,
                            ended = false, closed = false }, Stream)
+  if rs then rs.framing, rs.template = framing, template end
   s.push = function(ev) s:_push(ev) end
   if think_tags == "split" then dec:split_think(s.push) end
   secrets[s] = secrets[t]
   self.streams[s] = true
   return s
 end
+
+--- A stream that is still on the server (a generation started with
+-- `resumable`, by this process or another), read from byte `opts.from`
+-- (default 0: the whole stream again) on: `for ev in c:resume_stream(id) do`.
+-- It resumes after a cut as the original would; an id the server does not
+-- have ends in a `truncated` error (code `NOT_RESUMED`).
+-- @within Client
+-- @tparam string id the stream's conversation_id
+-- @tparam[opt] table opts `from` (bytes), `native = true` for a
+--   completion or infill stream, `resume` ({attempts =, within =}), and the
+--   @{stream_options}
+-- @return step, stream, nil, stream as @{Client:chat_stream}
+function Client:resume_stream(id, opts)
+  args.check(type(id) == "string", 1, "resume_stream", args.expected("string", id))
+  args.check(opts == nil or type(opts) == "table", 2, "resume_stream", args.expected("table", opts))
+  opts = opts or {}
+  local from, so = opts.from or 0, {}
+  args.check(type(from) == "number" and from >= 0 and from == math.floor(from), 2, "resume_stream",
+             "'from' must be an integer >= 0")
+  for k, v in pairs(opts) do
+    if k ~= "from" and k ~= "native" and k ~= "resume" then so[k] = v end
+  end
+  so = check_stream_opts(so, "resume_stream")
+  local p = self.provider
+  local rs = resume_plan(self, { conversation_id = id, resume = opts.resume }, "resume_stream")
+  rs.base, rs.again, rs.fresh = from, true, false
+  local framing, template, dec = p.framing, p.template, p.decoder(so)
+  if opts.native then framing, template, dec = "sse", nil, native.decoder(so) end
+  rs.framing, rs.template = framing, template
+  local s = self:_stream(nil, dec, self.model, opts.native and base.stats or p.stats, nil, rs,
+                         framing, template)
+  s:_reattach()
+  s.rs.fresh = false
+  return function() return s:next() end, s, nil, s
+end
+
+function steps.live_streams(io, self, ids)
+  args.check(type(ids) == "table", 1, "live_streams", args.expected("table", ids))
+  local list = json.array()
+  for i, id in ipairs(ids) do
+    args.check(type(id) == "string", 1, "live_streams", "ids must be strings (item " .. i .. ")")
+    list[i] = id
+  end
+  local res, err = request(io, self, "POST", "/v1/streams/lookup", { conversation_ids = list })
+  if not res then return nil, err end
+  local out = {}
+  for _, r in ipairs(type(res) == "table" and res or {}) do
+    if type(r) == "table" and type(r.conversation_id) == "string" then
+      out[r.conversation_id] = { done = r.is_done == true, bytes = tonumber(r.total_bytes),
+                                 started_at = tonumber(r.started_at),
+                                 completed_at = tonumber(r.completed_at) }
+    end
+  end
+  return out
+end
+
+--- Which of these resumable streams the server still has (POST
+-- /v1/streams/lookup; it names only ids it is asked about).
+-- @within Client
+-- @tparam {string,...} ids conversation ids
+-- @treturn table `{[id] = {done =, bytes =, started_at =, completed_at =}}`
+--   for the ids it has (`bytes`: the body so far, for `resume_stream`'s `from`)
+-- @return[2] nil
+-- @return[2] @{llamacpp.Error}
+function Client:live_streams(ids) return steps.live_streams(blocking, self, ids) end
 
 --- Drives every transfer of this client, waiting at most timeout_ms
 -- (default 0; negative: no limit) until some stream has an event ready.
@@ -660,7 +908,12 @@ function Client:poll(timeout_ms)
     if #ready > 0 then return ready end
     local wait = deadline and deadline - core.now() or -1
     if deadline and wait <= 0 then return ready end
-    if self.session:step(wait) == 0 and next(self.streams) == nil then return ready end
+    local due = M.due(self)                  -- a cut stream waiting to reattach
+    if due and (wait < 0 or due < wait) then wait = due end
+    if self.session:step(wait) == 0 then
+      if due then core.sleep(wait)
+      elseif next(self.streams) == nil then return ready end
+    end
   end
 end
 
@@ -943,15 +1196,19 @@ local function native_body(self, fname, req, stream, need)
     args.check(false, 1, fname, "'thinking' and 'thinking_budget' are chat options" ..
                " (the chat template switches reasoning; " .. fname .. " sends the prompt as it is)")
   end
+  if not stream and base.resume_of(req) then
+    args.check(false, 1, fname, "'resumable' is for streams: use " .. fname .. "_stream")
+  end
   local body = with_model(self, base.passed(req, NONE))
   openai.llama_options(body, req, stream)
   body.stream = stream
   return body
 end
 
-local function native_stream(self, path, body, opts, req)
-  local t = self:_open("POST", path, json.encode(body), "sse")
-  local s = self:_stream(t, native.decoder(opts), body.model, nil, req.think_tags)
+local function native_stream(self, fname, path, body, opts, req)
+  local rs, header = resume_plan(self, req, fname)
+  local t = self:_open("POST", path, json.encode(body), "sse", nil, header)
+  local s = self:_stream(t, native.decoder(opts), body.model, nil, req.think_tags, rs, "sse")
   return function() return s:next() end, s, nil, s
 end
 
@@ -979,7 +1236,8 @@ function Client:completion(req) return steps.completion(blocking, self, req) end
 -- `probs` when n_probs is set; done; error).
 -- @within Client
 function Client:completion_stream(req, opts)
-  return native_stream(self, "/completion", native_body(self, "completion_stream", req, true, "prompt"),
+  return native_stream(self, "completion_stream", "/completion",
+                       native_body(self, "completion_stream", req, true, "prompt"),
                        check_stream_opts(opts, "completion_stream"), req)
 end
 
@@ -995,7 +1253,7 @@ function Client:infill(req) return steps.infill(blocking, self, req) end
 --- The same, streamed.
 -- @within Client
 function Client:infill_stream(req, opts)
-  return native_stream(self, "/infill", native_body(self, "infill_stream", req, true, "input_prefix"),
+  return native_stream(self, "infill_stream", "/infill", native_body(self, "infill_stream", req, true, "input_prefix"),
                        check_stream_opts(opts, "infill_stream"), req)
 end
 

@@ -121,7 +121,9 @@ end
 --- Queues the answer to the next request made to `srv.endpoint` (any
 -- path under it); requests take the queued replies in order, and one
 -- with none left gets a 500 saying so. Chat answers come streamed or not
--- as the request asks (`stream`), in llama-server's exact shapes.
+-- as the request asks (`stream`), in llama-server's exact shapes; a
+-- streamed request with `prompt` and no `messages` gets /completion's
+-- native stream (no role chunk, a last event with `stop`, no [DONE]).
 -- reply fields (all optional):
 --   content          the answer's text ("" by default)
 --   tokens           the stream's pieces (default: content split at words)
@@ -141,6 +143,18 @@ end
 --   disconnect_after N: the connection is cut after N pieces of a stream
 --   error_after      N: an error object inside the 200 stream after N pieces
 --   no_done          true: the stream ends without [DONE] (a truncated stream)
+-- A stream sent with X-Conversation-Id is kept, as llama-server keeps it:
+-- `GET <endpoint>/v1/stream/ID?from=N` sends its body from byte N (404
+-- unknown or deleted, 400 a bad or lost offset), `DELETE` cancels (log
+-- event "cancel"), `POST <endpoint>/v1/streams/lookup` answers for it.
+--   cuts             {N1, N2, ...}: the first connection is cut after N1
+--                    body bytes (de-chunked, as the server counts them),
+--                    the next read of it (GET /v1/stream/ID) after N2, ...
+--   cut_clean        true: a cut ends the chunked body properly (0 chunk)
+--                    instead of dropping the connection
+--   buffer           the server keeps only the last N body bytes (older
+--                    offsets: 400 "Stream offset lost, please restart")
+--   forget           true: the stream is not kept (a restarted server: 404)
 function Server:reply(reply)
   args.check(type(reply) == "table", 1, "reply", args.expected("table", reply))
   self.nreplies = self.nreplies + 1

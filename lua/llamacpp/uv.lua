@@ -84,6 +84,7 @@ end
 
 local now = require("llamacpp.core").now
 local take = client_mod.take
+local leave = client_mod.leave
 
 -- How long one loop turn may spend handing out events before it lets the
 -- editor run (keys, redraws, other timers); the rest comes next turn.
@@ -114,6 +115,8 @@ function Driver:sync()
   end
   self.idle = false
   local ms = self.more and 0 or self.session:timeout()
+  local due = client_mod.due(self.client)      -- a cut stream's reattach
+  if due and (not ms or due < ms) then ms = due end
   if not self.timer then self.timer = uv.new_timer() end
   self.timer:stop()
   if ms and ms <= 0 then
@@ -238,6 +241,8 @@ local function pump_whole(h)
   h:call(h.on_done, res, e)
 end
 
+local start
+
 --- Cancels the request: the transfer is aborted (the server sees the
 -- disconnect) and no callback is called any more. Idempotent.
 function Handle:cancel()
@@ -245,12 +250,20 @@ function Handle:cancel()
   self.cancelled = true
   local was_active = not self.finished
   self:finish()
-  if self.stream then self.stream:close() end
+  if self.stream then
+    -- a resumable generation goes on without its reader: cancel it, on the loop
+    local path = leave(self.stream)
+    if path then
+      local c = self.driver.client
+      start(c, self.driver.uv, nil, { t = client_mod.begin(c, "DELETE", path), pump = pump_whole,
+                                      complete = function(t) t:close() end, on_done = function() end })
+    end
+  end
   if self.t then self.t:close() end
   if was_active then self.driver:sync() end
 end
 
-local function start(client, uv, opts, h)
+function start(client, uv, opts, h)
   h.driver = driver(client, uv)
   h.on_error = opts and opts.on_error        -- this request's, not the loop's
   setmetatable(h, Handle)

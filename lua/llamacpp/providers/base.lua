@@ -29,7 +29,8 @@ M.int, M.ints = json.int, json.ints
 M.LOCAL_FIELDS = { system = true, messages = true, tier = true }
 
 -- Our options of every request (check_options), never passed through.
-local OPTIONS = { progress = true, thinking_budget = true, think_tags = true }
+local OPTIONS = { progress = true, thinking_budget = true, think_tags = true,
+                  resumable = true, conversation_id = true, resume = true }
 M.OPTIONS = OPTIONS
 
 --- Checks the fields every provider reads; raises at the caller's line
@@ -79,6 +80,9 @@ end
 --   thinking_budget  integer >= 0: at most this many reasoning tokens
 --   think_tags       "split" | "keep": a leading <think>...</think> in the
 --                    content goes to reasoning ("split") or stays ("keep")
+--   resumable        boolean: a stream that reattaches after a cut (llama-server)
+--   conversation_id  string: the id of a resumable stream (implies resumable)
+--   resume           {attempts =, within =}: how hard to try (implies resumable)
 function M.check_options(req)
   local p = req.progress
   if p ~= nil and type(p) ~= "boolean" then
@@ -99,6 +103,39 @@ function M.check_options(req)
   if tt ~= nil and tt ~= "split" and tt ~= "keep" then
     args.raise("bad request: 'think_tags' must be \"split\" or \"keep\" (got " .. tostring(tt) .. ")")
   end
+  M.resume_of(req)
+end
+
+local RESUME = { attempts = 5, within = 30 }
+
+--- What req asks of resuming: nil (not resumable), or {id = (nil: the
+-- client makes one), attempts =, within = (seconds)}. Raises on bad values.
+function M.resume_of(req)
+  local on, id, r = req.resumable, req.conversation_id, req.resume
+  if on ~= nil and type(on) ~= "boolean" then
+    args.raise("bad request: 'resumable' must be a boolean (got " .. type(on) .. ")")
+  end
+  if id ~= nil and (type(id) ~= "string" or #id < 1 or #id > 128 or id:find("[^%w._~-]")) then
+    args.raise("bad request: 'conversation_id' must be 1 to 128 letters, digits or . _ ~ - (got " ..
+               (type(id) == "string" and ("%q"):format(id:sub(1, 40)) or type(id)) .. ")")
+  end
+  if r ~= nil and type(r) ~= "table" then
+    args.raise("bad request: 'resume' must be a table {attempts =, within =} (got " .. type(r) .. ")")
+  end
+  if on == false and (id or r) then
+    args.raise("bad request: 'resumable = false' contradicts '" .. (id and "conversation_id" or "resume") .. "'")
+  end
+  if not (on or id or r) then return nil end
+  local out = { id = id, attempts = RESUME.attempts, within = RESUME.within }
+  for k, v in pairs(r or {}) do
+    if RESUME[k] == nil then args.raise("bad request: unknown 'resume' field '" .. tostring(k) .. "'") end
+    if type(v) ~= "number" or v ~= v or v < 0 or (k == "attempts" and v ~= math.floor(v)) then
+      args.raise("bad request: 'resume." .. k .. "' must be a" .. (k == "attempts" and "n integer" or " number") ..
+                 " >= 0 (got " .. tostring(v) .. ")")
+    end
+    out[k] = v
+  end
+  return out
 end
 
 --- What req asks of reasoning: false (off), true (on) or nil (the

@@ -167,6 +167,9 @@ function M.variant(spec)
   }
   local label = spec.label
   local llama = spec.llama
+  -- llama-server keeps a stream sent with X-Conversation-Id and serves it
+  -- again from any byte (GET /v1/stream/ID?from=N): client.lua resumes
+  P.resumable = llama or nil
 
   --- Why this server cannot take req (nil when it can): only llama-server
   -- has a standard switch and budget for reasoning.

@@ -50,7 +50,7 @@ end
 -- (`req`, may be nil) and a serial number `n` (for ids). Returns the
 -- header block and an array of body pieces (one per HTTP chunk for
 -- streams), and the index of the last piece to send before a scripted
--- disconnect (nil: all).
+-- disconnect (nil: all), and for streams the body de-chunked.
 function M.response(reply, req, n)
   req = type(req) == "table" and req or {}
   local status = reply.status or 200
@@ -114,42 +114,55 @@ function M.response(reply, req, n)
                                     system_fingerprint = "b0-testing", object = "chat.completion.chunk",
                                     prompt_progress = progress } .. "\n\n"
   end
-  local pieces = {}
-  if req.return_progress then    -- as llama-server: from the cache on, one chunk per batch
-    local total, batch, done, t = usage.prompt_tokens, reply.batch or 64, cached, 0
-    while true do
-      pieces[#pieces + 1] = ev({ role = "assistant", content = null }, nil,
-                               { total = total, cache = cached, processed = done, time_ms = t })
-      if done >= total then break end
-      done, t = math.min(done + batch, total), t + 1
+  local pieces, before, events = {}, 0, 0
+  local native = req.prompt ~= nil and req.messages == nil
+  if native then                     -- /completion, /infill: no role chunk, no [DONE]
+    for i, t in ipairs(tokens) do
+      pieces[i] = "data: " .. cjson.encode{ index = 0, content = t, stop = false, id_slot = 0,
+                                            tokens_predicted = i, tokens_evaluated = usage.prompt_tokens } .. "\n\n"
+    end
+    pieces[#pieces + 1] = "data: " .. cjson.encode{ index = 0, content = "", stop = true, id_slot = 0,
+                                                    model = model, stop_type = finish == "length" and "limit" or "eos",
+                                                    tokens_predicted = #tokens, tokens_evaluated = usage.prompt_tokens,
+                                                    tokens_cached = cached, timings = timings } .. "\n\n"
+  else
+    if req.return_progress then    -- as llama-server: from the cache on, one chunk per batch
+      local total, batch, done, t = usage.prompt_tokens, reply.batch or 64, cached, 0
+      while true do
+        pieces[#pieces + 1] = ev({ role = "assistant", content = null }, nil,
+                                 { total = total, cache = cached, processed = done, time_ms = t })
+        if done >= total then break end
+        done, t = math.min(done + batch, total), t + 1
+      end
+    end
+    before = #pieces                        -- progress chunks
+    pieces[#pieces + 1] = ev{ role = "assistant", content = null }
+    for _, r in ipairs(reasoning) do pieces[#pieces + 1] = ev{ reasoning_content = r } end
+    for _, t in ipairs(tokens) do pieces[#pieces + 1] = ev{ content = t } end
+    for i, c in ipairs(calls) do
+      local a = args_text(c.arguments)
+      pieces[#pieces + 1] = ev{ tool_calls = { { index = i - 1, id = c.id or ("call_" .. i), type = "function",
+                                                   ["function"] = { name = c.name, arguments = "" } } } }
+      for _, frag in ipairs(words(a)) do
+        pieces[#pieces + 1] = ev{ tool_calls = { { index = i - 1, ["function"] = { arguments = frag } } } }
+      end
+    end
+    events = #pieces - 1                    -- reply events after the role chunk (and progress)
+    pieces[#pieces + 1] = ev({}, finish)
+    pieces[#pieces + 1] = "data: " .. cjson.encode{ choices = {}, created = created, id = id, model = model,
+                                                    system_fingerprint = "b0-testing",
+                                                    object = "chat.completion.chunk", usage = usage,
+                                                    timings = timings } .. "\n\n"
+    if reply.error_after then               -- llama-server's error inside a 200 stream
+      local cut = math.min(before + floor(reply.error_after) + 1, #pieces)
+      for i = #pieces, cut + 1, -1 do pieces[i] = nil end
+      pieces[#pieces + 1] = "data: " .. cjson.encode{ error = { code = 500, type = "server_error",
+                                                      message = reply.error or "error during generation" } } .. "\n\n"
+    elseif not reply.no_done then
+      pieces[#pieces + 1] = "data: [DONE]\n\n"
     end
   end
-  local before = #pieces                        -- progress chunks
-  pieces[#pieces + 1] = ev{ role = "assistant", content = null }
-  for _, r in ipairs(reasoning) do pieces[#pieces + 1] = ev{ reasoning_content = r } end
-  for _, t in ipairs(tokens) do pieces[#pieces + 1] = ev{ content = t } end
-  for i, c in ipairs(calls) do
-    local a = args_text(c.arguments)
-    pieces[#pieces + 1] = ev{ tool_calls = { { index = i - 1, id = c.id or ("call_" .. i), type = "function",
-                                                 ["function"] = { name = c.name, arguments = "" } } } }
-    for _, frag in ipairs(words(a)) do
-      pieces[#pieces + 1] = ev{ tool_calls = { { index = i - 1, ["function"] = { arguments = frag } } } }
-    end
-  end
-  local events = #pieces - 1                    -- reply events after the role chunk (and progress)
-  pieces[#pieces + 1] = ev({}, finish)
-  pieces[#pieces + 1] = "data: " .. cjson.encode{ choices = {}, created = created, id = id, model = model,
-                                                  system_fingerprint = "b0-testing",
-                                                  object = "chat.completion.chunk", usage = usage,
-                                                  timings = timings } .. "\n\n"
-  if reply.error_after then               -- llama-server's error inside a 200 stream
-    local cut = math.min(before + floor(reply.error_after) + 1, #pieces)
-    for i = #pieces, cut + 1, -1 do pieces[i] = nil end
-    pieces[#pieces + 1] = "data: " .. cjson.encode{ error = { code = 500, type = "server_error",
-                                                    message = reply.error or "error during generation" } } .. "\n\n"
-  elseif not reply.no_done then
-    pieces[#pieces + 1] = "data: [DONE]\n\n"
-  end
+  local sse = concat(pieces)                    -- the body, de-chunked
   for i = 1, #pieces do pieces[i] = chunk(pieces[i]) end
   pieces[#pieces + 1] = "0\r\n\r\n"
   local h = { { "Keep-Alive", "timeout=5, max=100" }, { "Transfer-Encoding", "chunked" },
@@ -157,10 +170,28 @@ function M.response(reply, req, n)
               { "Server", "llamacpp.testing" }, { "Content-Type", "text/event-stream" } }
   for _, x in ipairs(extra) do h[#h + 1] = x end
   local stop_at
-  if reply.disconnect_after then
+  if reply.disconnect_after and native then
+    stop_at = math.min(floor(reply.disconnect_after), #pieces - 1)
+  elseif reply.disconnect_after then
     stop_at = before + math.min(1 + floor(reply.disconnect_after), events - before + 1)
   end
-  return head(status, h), pieces, stop_at
+  return head(status, h), pieces, stop_at, sse
+end
+
+--- The head of a chunked SSE answer (as llama-server's streams), for a
+-- body sent in pieces of the caller's choosing.
+function M.sse_head()
+  return head(200, { { "Keep-Alive", "timeout=5, max=100" }, { "Transfer-Encoding", "chunked" },
+                     { "Server", "llamacpp.testing" }, { "Content-Type", "text/event-stream" } })
+end
+M.chunk = chunk
+
+--- llama-server's error answer: status, headers and JSON body.
+function M.error_response(status, message, etype)
+  local body = cjson.encode{ error = { code = status, type = etype or ERROR_TYPES[status] or "server_error",
+                                       message = message } }
+  return head(status, { { "Content-Type", "application/json; charset=utf-8" },
+                        { "Content-Length", tostring(#body) }, { "Connection", "close" } }) .. body
 end
 
 return M
