@@ -262,4 +262,88 @@ describe("resumable streams", function()
     luv.run()
     assert.truthy(srv:wait_for(function(r) return r.event == "cancel" and r.id == "loop-leave" end, 5))
   end)
+  describe("through a router", function()
+    local router = require "llamacpp.router"
+    local function gets(since)
+      local n = 0
+      for _, r in ipairs(srv:requests(since)) do
+        if r.method == "GET" and r.path:find("/v1/stream/", 1, true) then n = n + 1 end
+      end
+      return n
+    end
+
+    it("a stream cut after its first events reattaches to the same deployment", function()
+      local r = router.new{ tiers = { t = { { name = "one", endpoint = srv.endpoint },
+                                            { name = "two", endpoint = srv.endpoint } } } }
+      srv:reply{ tokens = TOKENS, cuts = { 400 } }
+      local since = seq()
+      local evs = util.collect(r:chat_stream{ tier = "t", messages = MSGS, resumable = true })
+      local text, n = texts(evs)
+      assert.equal(TEXT, text)
+      assert.equal(1, n.done)
+      local done = evs[#evs]
+      assert.equal("one", done.provider)
+      assert.equal(1, done.resumed)
+      assert.equal(1, done.stats.resumed)
+      assert.equal(0, #done.attempts)
+      assert.equal(1, gets(since))
+      local posts = 0
+      for _, q in ipairs(srv:requests(since)) do
+        if q.method == "POST" then posts = posts + 1 end
+      end
+      assert.equal(1, posts)   -- no second generation: the same one, resumed
+    end)
+
+    it("a stream that cannot resume after its first event ends there, never fails over", function()
+      local r = router.new{ tiers = { t = { { name = "one", endpoint = srv.endpoint },
+                                            { name = "two", endpoint = srv.endpoint } } } }
+      srv:reply{ tokens = TOKENS, cuts = { 600 }, forget = true }
+      local evs = util.collect(r:chat_stream{ tier = "t", messages = MSGS, conversation_id = "r-gone" })
+      local last = evs[#evs]
+      assert.equal("error", last.type)
+      assert.equal("NOT_RESUMED", last.error.code)
+      assert.equal("one", last.provider)
+      assert.equal((texts(evs)), last.error.partial)
+    end)
+
+    it("a mixed tier resumes where it can: the others get the request without it", function()
+      local r = router.new{ tiers = {
+        t = { { name = "down", endpoint = "http://127.0.0.1:" .. util.closed_port() },
+              { name = "compat", provider = "openai", endpoint = srv.endpoint, model = "m" } },
+        l = { { name = "gone", endpoint = "http://127.0.0.1:" .. util.closed_port() },
+              { name = "llama", endpoint = srv.endpoint } } } }
+      srv:reply{ tokens = TOKENS }
+      local evs = util.collect(r:chat_stream{ tier = "t", messages = MSGS, conversation_id = "mixed" })
+      assert.equal(TEXT, (texts(evs)))
+      assert.equal("compat", evs[#evs].provider)
+      local reqs = srv:requests()
+      assert.is_nil(reqs[#reqs].headers["x-conversation-id"])
+      assert.is_nil(reqs[#reqs].json.conversation_id)
+      srv:reply{ tokens = TOKENS, cuts = { 300 } }
+      evs = util.collect(r:chat_stream{ tier = "l", messages = MSGS, conversation_id = "mixed2" })
+      assert.equal(TEXT, (texts(evs)))
+      assert.equal("llama", evs[#evs].provider)
+      assert.equal(1, evs[#evs].resumed)
+      local ok, err = pcall(r.chat, r, { tier = "l", messages = MSGS, resumable = true })
+      assert.is_false(ok)
+      assert.matches("'resumable' is for streams: use chat_stream", err)
+    end)
+
+    it("on the loop: router_stream resumes too", function()
+      if not has_luv then
+        print("skipped: luv is not installed for this Lua")
+        return
+      end
+      local r = router.new{ tiers = { t = { { name = "one", endpoint = srv.endpoint } } } }
+      srv:reply{ tokens = TOKENS, cuts = { 250 } }
+      local evs = {}
+      lu.router_stream(r, { tier = "t", messages = MSGS, resumable = true }, function(ev)
+        evs[#evs + 1] = ev
+      end, { uv = luv })
+      luv.run()
+      assert.equal(TEXT, (texts(evs)))
+      assert.equal(1, evs[#evs].resumed)
+      assert.equal("one", evs[#evs].provider)
+    end)
+  end)
 end)

@@ -158,9 +158,13 @@ local function failed(router, rec, err)
 end
 
 -- The request for one deployment: its params under the caller's fields.
+-- A deployment that cannot resume a stream gets it without the resume
+-- options (a mixed tier resumes where it can).
 local function request_for(rec, req)
   local p = rec.params
-  if not p then return req end
+  local strip = not rec.client.provider.resumable and base.resume_of(req)
+  if not (p or strip) then return req end
+  p = p or {}
   local r = {}
   for k, v in pairs(p) do r[k] = v end
   for k, v in pairs(req) do
@@ -173,6 +177,7 @@ local function request_for(rec, req)
       r[k] = v
     end
   end
+  if strip then r.resumable, r.conversation_id, r.resume = nil, nil, nil end
   return r
 end
 
@@ -205,12 +210,18 @@ local function tier_of(router, req)
   return tier
 end
 
+local STREAMS = { open_stream = true, chat_stream = true, router_stream = true }
+
 -- A plan for req through router; fname names the entry point in argument
 -- errors. check(router, rec, now): the health check (M.check_health by
 -- default). Errors in the request itself raise here, before any attempt.
 function M.new(router, req, fname, check)
   args.check(type(req) == "table", 1, fname, args.expected("table", req))
   base.check_request(req)
+  if base.resume_of(req) and not STREAMS[fname] then
+    args.check(false, 1, fname, "'resumable' is for streams: use " ..
+               (fname == "router_chat" and "router_stream" or "chat_stream"))
+  end
   return setmetatable({ router = router, tier = tier_of(router, req), req = req,
                         check = check or M.check_health,
                         pass = 0, queue = {}, qi = 1, attempts = {}, waited = false,
