@@ -192,6 +192,56 @@ describe("resumable streams", function()
     assert.same({}, (c:live_streams{ "nothing-here" }))
   end)
 
+  it("offset(): the bytes of the events taken; resume_stream from there gives the rest", function()
+    local c = client()
+    for _, cuts in ipairs{ {}, { 350 } } do
+      for k = 1, #TOKENS do              -- k content events taken
+        srv:reply{ tokens = TOKENS, cuts = cuts }
+        local id = "off" .. #cuts .. "-" .. k
+        local s = c:open_stream{ messages = MSGS, conversation_id = id }
+        assert.equal(0, s:offset())        -- nothing taken yet
+        local got, prev = {}, 0
+        for _ = 1, k do
+          local ev = s:next()
+          if ev.type == "content" then got[#got + 1] = ev.content end
+          assert.is_true(s:offset() > prev)
+          prev = s:offset()
+        end
+        local from = s:offset()
+        -- this reader goes away without a word (a process that died)
+        local rest = util.collect(c:resume_stream(id, { from = from }))
+        assert.equal("done", rest[#rest].type, id)
+        local text = table.concat(got) .. texts(rest)
+        assert.equal(TEXT, text, id)
+      end
+    end
+    local plain = client():open_stream{ messages = MSGS }
+    assert.is_nil(plain:offset())
+    plain:close()
+  end)
+
+  it("on the loop: resume_stream goes on from a handle's offset", function()
+    if not has_luv then
+      print("skipped: luv is not installed for this Lua")
+      return
+    end
+    local c = client()
+    srv:reply{ tokens = TOKENS, pace = 0.05 }
+    local got, h, id, from = {}, nil, nil, nil
+    h = lu.chat_stream(c, { messages = MSGS, resumable = true }, function(ev)
+      if ev.type == "content" and not from then got[#got + 1] = ev.content end
+      if #got == 2 and not from then id, from = h.conversation_id, h:offset() end
+    end, { uv = luv })
+    luv.run()
+    assert.is_string(id)
+    assert.is_true(from > 0)
+    local rest = {}
+    lu.resume_stream(c, id, { from = from }, function(ev) rest[#rest + 1] = ev end, { uv = luv })
+    luv.run()
+    assert.equal("done", rest[#rest].type)
+    assert.equal(TEXT, table.concat(got) .. texts(rest))
+  end)
+
   it("bad options are refused at the caller's line; other providers cannot resume", function()
     local c = client()
     local function raises(req, pat, f)

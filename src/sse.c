@@ -182,6 +182,9 @@ static int lcpp_sse_feed (lcpp_frame *f, const char *p, const char *end,
     q = nl < cr ? nl : cr;
     if (q == end) return lcpp_keep(f, p, (size_t)(end - p));
     empty = f->linelen == 0 && q == p;
+    if (empty)  /* the event it ends (if any) ends past its terminator */
+      f->evend = f->fed + (size_t)(q + 1 - buf) +
+                 (*q == '\r' && q + 1 < end && q[1] == '\n');
     if (f->linelen > 0) {  /* finish the line begun in an earlier feed */
       rc = lcpp_keep(f, p, (size_t)(q - p));
       if (rc == LCPP_FRAME_OK)

@@ -64,6 +64,9 @@ typedef struct lcpp_frame {
   size_t mark;           /* bytes up to the end of the last empty line (SSE):
                             a parser fed the input from there on emits
                             exactly the events that follow */
+  size_t evend;          /* in emit (SSE): bytes up to the end of the empty
+                            line that ends the event being emitted, i.e.
+                            the mark once that line is passed */
 } lcpp_frame;
 
 /* Initialise; max_event == 0 means the default (LCPP_FRAME_DEFAULT_MAX). */

@@ -77,9 +77,10 @@ static void lcpp_buffree (lcpp_buf *b) {
 static int lcpp_onevent (void *ud, const char *ev, size_t evlen,
                          const char *data, size_t datalen) {
   Transfer *t = (Transfer *)ud;
-  size_t h[2];
+  size_t h[3];
   h[0] = evlen;
   h[1] = datalen;
+  h[2] = t->frame.evend;
   if (lcpp_reserve(&t->q, sizeof h + evlen + datalen)) return 1;
   memcpy(t->q.p + t->q.len, h, sizeof h);
   memcpy(t->q.p + t->q.len + sizeof h, ev, evlen);
@@ -520,9 +521,11 @@ static int transfer_close (lua_State *L) {
 
 
 /* Pushes the next queued event: data, name (nil for the default), or for
-   an event matching the template: its text, true. */
+   an event matching the template: its text, true; then the body bytes up
+   to the event's end (SSE: a body read again from there begins with the
+   next event; resumable streams). */
 static int lcpp_pop (lua_State *L, Transfer *t) {
-  size_t h[2];
+  size_t h[3];
   const char *p = t->q.p + t->qhead;
   memcpy(h, p, sizeof h);
   if (h[0] == 0 && t->tpl.part[0] != NULL &&
@@ -533,6 +536,7 @@ static int lcpp_pop (lua_State *L, Transfer *t) {
     if (h[0] > 0) lua_pushlstring(L, p + sizeof h, h[0]);    /* name */
     else lua_pushnil(L);
   }
+  lua_pushinteger(L, (lua_Integer)h[2]);
   t->qhead += sizeof h + h[0] + h[1];
   if (t->qhead == t->q.len)
     t->qhead = t->q.len = 0;
@@ -546,7 +550,7 @@ static int lcpp_pop (lua_State *L, Transfer *t) {
     t->tlast = lcpp_now();
     curl_easy_pause(t->easy, CURLPAUSE_CONT);
   }
-  return 2;
+  return 3;
 }
 
 
@@ -567,10 +571,11 @@ static int lcpp_end (lua_State *L, Transfer *t) {
 
 
 /*
-** transfer:next([timeout_ms]) -> data, name | nil (end) | nil, err |
+** transfer:next([timeout_ms]) -> data, name, ends | nil (end) | nil, err |
 ** false (timeout_ms passed with nothing ready; 0 = never block).
 ** For a framed stream each result is one event's data and name (nil for
-** the default). A raw (unframed) transfer yields nothing but its end.
+** the default) and the body bytes up to its end (see lcpp_pop). A raw
+** (unframed) transfer yields nothing but its end.
 */
 static int transfer_next (lua_State *L) {
   Transfer *t = checkopen(L, 1);

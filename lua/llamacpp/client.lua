@@ -487,6 +487,8 @@ function Stream:_pop()
   local h = self.qh
   local ev = self.q[h]
   self.q[h] = nil
+  local ends = self.ends
+  if ends and ends[h] then self.at, ends[h] = ends[h], nil end
   if h == self.qt then self.qh, self.qt = 1, 0 else self.qh = h + 1 end
   local t = ev.type
   -- progress is not text: after it alone a retry repeats nothing seen
@@ -671,6 +673,15 @@ function Stream:next(timeout_ms)
   return self:_next(timeout_ms, false)
 end
 
+--- A resumable stream's offset: the body bytes of the events taken so
+-- far, so that `client:resume_stream(s.conversation_id, {from = s:offset()})`
+-- (in this process or another) goes on with the next one; nil when the
+-- stream is not resumable.
+-- @treturn integer|nil
+function Stream:offset()
+  return self.at
+end
+
 --- True when next(0) would return an event (or the end) at once.
 -- @treturn boolean
 function Stream:ready()
@@ -703,9 +714,9 @@ function Stream:_next(timeout_ms, take)
       self:_reattach()
       t = self.t
     end
-    local data, name
+    local data, name, ends
     if take then
-      data, name = t:take()
+      data, name, ends = t:take()
     else
       local wait = timeout_ms
       if deadline then
@@ -715,23 +726,30 @@ function Stream:_next(timeout_ms, take)
       -- after the terminator only the transfer's end is due: a server
       -- that sends neither it nor more gets a second, not the idle timeout
       if dec.finished and (wait == nil or wait > GRACE_MS) then wait = GRACE_MS end
-      data, name = t:next(wait)
+      data, name, ends = t:next(wait)
     end
     if data then
       local rs = self.rs
-      if rs and rs.fresh then            -- a reattach that works
-        rs.fresh, rs.tries, rs.since = false, 0, nil
-        rs.n = rs.n + 1
+      if rs then
+        if rs.fresh then                 -- a reattach that works
+          rs.fresh, rs.tries, rs.since = false, 0, nil
+          rs.n = rs.n + 1
+        end
+        ends = rs.base + ends
       end
       if not dec.finished then           -- nothing counts after [DONE]
         local e, ev = dec:feed(data, name, push)
         if ev then                       -- one event (content): no queueing
           self.nevents = self.nevents + 1
           if not self.first_at then self.first_at = core.now() end
+          if rs then self.at = ends end
           return ev
         end
         if e then self:_fail(e)
         elseif dec.finished then self.finished_at = core.now() end
+      end
+      if rs then                         -- taken with the last event it gave
+        if self.qh <= self.qt then self.ends[self.qt] = ends else self.at = ends end
       end
       if self.qh <= self.qt then return self:_pop() end
     elseif data == false then
@@ -816,7 +834,7 @@ function Client:_stream(t, dec, model, stats, think_tags, rs, framing, template)
   local s = setmetatable({ client = self, t = t, dec = dec, model = model,
                            q = {}, qh = 1, qt = 0, nevents = 0, t0 = core.now(),
                            stats_of = stats or base.stats, rs = rs,
-                           conversation_id = rs and rs.id,
+                           conversation_id = rs and rs.id, ends = rs and {}, at = rs and rs.base,
                            ended = false, closed = false }, Stream)
   if rs then rs.framing, rs.template = framing, template end
   s.push = function(ev) s:_push(ev) end

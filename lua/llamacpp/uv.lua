@@ -243,6 +243,13 @@ end
 
 local start
 
+--- A resumable stream's offset (Stream:offset): the body bytes of the
+-- events handed to on_event so far; with `h.conversation_id`, what
+-- resume_stream needs to go on after them. nil for other requests.
+function Handle:offset()
+  return self.stream and self.stream:offset()
+end
+
 --- Cancels the request: the transfer is aborted (the server sees the
 -- disconnect) and no callback is called any more. Idempotent.
 function Handle:cancel()
@@ -417,7 +424,8 @@ local function stream_call(fname, client, req, on_event, opts)
   local so
   if opts and opts.assemble ~= nil then so = { assemble = opts.assemble } end
   local _, stream = client[fname](client, req, so)
-  return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream })
+  return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream,
+                                   conversation_id = stream.conversation_id })
 end
 
 --- Streams a chat on the loop: on_event(ev) for every event (the last is
@@ -427,6 +435,22 @@ end
 -- done.content, constant memory; see the stream options).
 function M.chat_stream(client, req, on_event, opts)
   return stream_call("chat_stream", client, req, on_event, opts)
+end
+
+--- Reads a resumable stream again on the loop (`client:resume_stream`):
+-- on_event(ev) for every event from byte `ropts.from` on. ropts as for
+-- client:resume_stream; opts as for chat_stream. Returns a handle with
+-- :cancel() (which cancels the generation, as for any resumable stream).
+function M.resume_stream(client, id, ropts, on_event, opts)
+  args.check(callable(on_event), 4, "resume_stream", "function expected")
+  args.check(ropts == nil or type(ropts) == "table", 3, "resume_stream", args.expected("table", ropts))
+  local uv = loop_of(opts)
+  local ro = {}
+  for k, v in pairs(ropts or {}) do ro[k] = v end
+  if opts and opts.assemble ~= nil then ro.assemble = opts.assemble end
+  local _, stream = client:resume_stream(id, ro)
+  return start(client, uv, opts, { stream = stream, on_event = on_event, pump = pump_stream,
+                                   conversation_id = id })
 end
 
 --- Streams a native completion on the loop (`client:completion_stream`):

@@ -902,6 +902,65 @@ static void test_mark (void) {
   }
 }
 
+/*
+** evend: in emit, where the event ends; a fresh parser fed the stream
+** from there gives exactly the events after it (the offset a reader that
+** took that event reattaches from), however the stream was fed.
+*/
+typedef struct { lcpp_frame *f; size_t nev; size_t ends[16]; } ends_rec;
+
+static int ends_emit (void *ud, const char *ev, size_t evlen,
+                      const char *data, size_t datalen) {
+  ends_rec *r = (ends_rec *)ud;
+  (void)ev; (void)evlen; (void)data; (void)datalen;
+  if (r->nev < 16) r->ends[r->nev] = r->f->evend;
+  r->nev++;
+  return 0;
+}
+
+static void test_evend (void) {
+  static const char *cases[] = {
+    "data: a\n\ndata: b\n\n",
+    "data: one\r\n\r\ndata: two\r\ndata: more\r\n\r\n",
+    "data: x\r\rdata: y\r\r: comment\r\revent: e\rdata: z\r\r",
+    ": hi\n\nevent: tick\ndata: {\"k\":1}\n\n\n\ndata: [DONE]\n\n",
+    "\xef\xbb\xbf" "data: bom\n\ndata: \xc3\xa9t\xc3\xa9\n\n",
+  };
+  size_t c, k, i;
+  for (c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+    const char *s = cases[c];
+    size_t n = strlen(s);
+    for (k = 0; k <= n; k++) {                  /* fed in two parts: k, rest */
+      lcpp_frame f;
+      ends_rec r;
+      rec whole;
+      memset(&r, 0, sizeof(r));
+      memset(&whole, 0, sizeof(whole));
+      run(LCPP_SSE, 0, s, n, NULL, 0, &whole);
+      r.f = &f;
+      lcpp_frame_init(&f, LCPP_SSE, 0);
+      lcpp_frame_feed(&f, s, k, ends_emit, &r);
+      lcpp_frame_feed(&f, s + k, n - k, ends_emit, &r);
+      lcpp_frame_free(&f);
+      check(r.nev == whole.nev, "evend: case %zu split %zu: %zu events", c, k, r.nev);
+      for (i = 0; i < r.nev && i < 16; i++) {
+        rec rest;
+        size_t e = r.ends[i];
+        memset(&rest, 0, sizeof(rest));
+        check(e <= n && (i == 0 || e > r.ends[i - 1]),
+              "evend: case %zu split %zu event %zu: end %zu", c, k, i, e);
+        if (e > n) continue;
+        run(LCPP_SSE, 0, s + e, n - e, NULL, 0, &rest);
+        check(rest.nev == whole.nev - i - 1,
+              "evend: case %zu split %zu event %zu (end %zu): %zu events after it",
+              c, k, i, e, rest.nev);
+        buf_free(&rest.out);
+      }
+      buf_free(&whole.out);
+    }
+  }
+}
+
 
 int main (int argc, char **argv) {
   const char *corpus = NULL;
@@ -923,6 +982,7 @@ int main (int argc, char **argv) {
   test_abort();
   test_lifetime();
   test_mark();
+  test_evend();
   printf("%d passed, %d failed\n", npass, nfail);
   return nfail != 0;
 }
