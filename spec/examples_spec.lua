@@ -55,6 +55,26 @@ describe("examples", function()
     assert.matches("make demo", err)
   end)
 
+  it("resume.lua stops, and a new process goes on from the file, nothing lost or repeated", function()
+    local tokens = { "Once ", "upon ", "a ", "tïme ", "there ", "was ", "Lua." }
+    local state = os.tmpname()
+    srv:reply{ tokens = tokens }
+    local env = { LLAMACPP_ENDPOINT = srv.endpoint, LLAMACPP_RESUME_FILE = state, STOP_AFTER = "3" }
+    local code, first, err = run("examples/resume.lua", env, { "Tell me a story." })
+    assert.equal(0, code, err)
+    assert.equal("Once upon a ", first)
+    assert.matches("%-%-continue goes on", err)
+    env.STOP_AFTER = nil
+    local rest
+    code, rest, err = run("examples/resume.lua", env, { "--continue" })
+    assert.equal(0, code, err)
+    assert.equal("tïme there was Lua.\n", rest)
+    assert.is_nil(io.open(state, "r"))     -- the file goes once the reply is whole
+    local again, _, why = run("examples/resume.lua", env, { "--continue" })
+    assert.equal(1, again)
+    assert.matches("nothing to continue", why)
+  end)
+
   it("demo.lua replays a recorded reply, labelled as such", function()
     local code, out = run("examples/demo.lua", { LLAMACPP_DEMO_PACE = "0" })
     assert.equal(0, code)

@@ -70,6 +70,8 @@ local M = {
 -- @field stats done: the figures of @{stats}
 -- @field error error: the @{Error}
 -- @field provider with the router: the deployment that answered
+-- @field resumed done of a resumable stream: how many times it reattached
+--   after a cut (0: never cut)
 
 --- The figures of one answer, the same for every provider: `done.stats`
 -- and the `stats` of whole results. From the server's own numbers where
@@ -88,6 +90,7 @@ local M = {
 --   content, reasoning or tool-call event (progress does not count)
 -- @field total_ms from the request's start to its end (of the attempt that
 --   answered, with the router)
+-- @field resumed resumable streams: the reattaches after a cut, as `done.resumed`
 
 --- Run-time failures: `nil, err` from calls, the `error` of a last event.
 -- A table whose metatable is `llamacpp.Error` (also `llamacpp.Error`);
