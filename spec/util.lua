@@ -80,11 +80,12 @@ function M.text_of(evs, kind)
   return table.concat(out)
 end
 
--- How many requests the fixture server srv logged with `part` in the path.
-function M.hits(srv, part)
+-- How many requests the fixture server srv logged with `part` in the path
+-- (and, when given, this method, after log entry `since`).
+function M.hits(srv, part, method, since)
   local n = 0
-  for _, r in ipairs(srv:requests()) do
-    if r.path:find(part, 1, true) then n = n + 1 end
+  for _, r in ipairs(srv:requests(since)) do
+    if r.path:find(part, 1, true) and (method == nil or r.method == method) then n = n + 1 end
   end
   return n
 end

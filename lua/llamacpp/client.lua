@@ -748,10 +748,11 @@ function Stream:_next(timeout_ms, take)
         if e then self:_fail(e)
         elseif dec.finished then self.finished_at = core.now() end
       end
-      if rs then                         -- taken with the last event it gave
-        if self.qh <= self.qt then self.ends[self.qt] = ends else self.at = ends end
+      if self.qh <= self.qt then
+        if rs then self.ends[self.qt] = ends end   -- taken with the last event it gave
+        return self:_pop()
       end
-      if self.qh <= self.qt then return self:_pop() end
+      if rs then self.at = ends end
     elseif data == false then
       if dec.finished and core.now() - self.finished_at >= GRACE_MS then
         self:_finish(dec:done())

@@ -159,10 +159,10 @@ end
 
 -- The request for one deployment: its params under the caller's fields.
 -- A deployment that cannot resume a stream gets it without the resume
--- options (a mixed tier resumes where it can).
-local function request_for(rec, req)
+-- options of a resumable req (a mixed tier resumes where it can).
+local function request_for(rec, req, resumable)
   local p = rec.params
-  local strip = not rec.client.provider.resumable and base.resume_of(req)
+  local strip = resumable and not rec.client.provider.resumable
   if not (p or strip) then return req end
   p = p or {}
   local r = {}
@@ -218,11 +218,12 @@ local STREAMS = { open_stream = true, chat_stream = true, router_stream = true }
 function M.new(router, req, fname, check)
   args.check(type(req) == "table", 1, fname, args.expected("table", req))
   base.check_request(req)
-  if base.resume_of(req) and not STREAMS[fname] then
+  local resumable = base.resume_of(req) ~= nil
+  if resumable and not STREAMS[fname] then
     args.check(false, 1, fname, "'resumable' is for streams: use " ..
                (fname == "router_chat" and "router_stream" or "chat_stream"))
   end
-  return setmetatable({ router = router, tier = tier_of(router, req), req = req,
+  return setmetatable({ router = router, tier = tier_of(router, req), req = req, resumable = resumable,
                         check = check or M.check_health,
                         pass = 0, queue = {}, qi = 1, attempts = {}, waited = false,
                         running = nil, delivered = 0 }, Plan)
@@ -240,7 +241,7 @@ function Plan:next()
       local rec = it.rec
       -- another request may have learnt meanwhile that it must wait
       if rec.retry_at <= r.clock() then
-        local req = request_for(rec, self.req)
+        local req = request_for(rec, self.req, self.resumable)
         local why = rec.client.provider.unsupported
         why = why and why(req)
         if why then
