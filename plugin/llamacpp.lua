@@ -44,6 +44,10 @@ end, { nargs = 0, desc = "Stop the reply that is streaming" })
 command("LlamaReset", function() run(function() plugin().reset() end) end,
         { nargs = 0, desc = "Start a new conversation" })
 
+command("LlamaResume", function(a) run(function() plugin().resume(a.bang) end) end,
+        { nargs = 0, bang = true,
+          desc = "Show the reply that was streaming when Neovim quit, and the rest of it; !: forget them" })
+
 command("LlamaFim", function(a)
   local what = a.args ~= "" and a.args or "toggle"
   local f = ({ on = "fim_enable", off = "fim_disable", toggle = "fim_toggle" })[what]
@@ -74,6 +78,26 @@ local group = vim.api.nvim_create_augroup("llamacpp", { clear = true })
 vim.api.nvim_create_autocmd("VimLeavePre", { group = group, callback = function()
   if package.loaded["llamacpp.nvim"] then pcall(plugin().shutdown) end
 end })
+-- A reply was streaming when Neovim last quit and the server went on with
+-- it: say how to see it (a glob at startup; the plugin loads only then).
+local function offer_resume()
+  local dir = require("llamacpp.nvim.config").resume_dir()
+  if #vim.fn.glob(dir .. "/*.json", true, true) == 0 then return end
+  if not plugin().config().resume then return end
+  local n = plugin().saved_count()
+  if n == 0 then return end
+  vim.notify("llamacpp: " .. (n == 1 and "a reply was" or n .. " replies were") ..
+             " streaming when Neovim quit, and llama-server went on: :LlamaResume shows " ..
+             (n == 1 and "it" or "the newest") .. " (:LlamaResume! forgets " ..
+             (n == 1 and "it" or "them") .. ")", vim.log.levels.INFO)
+end
+if vim.v.vim_did_enter == 1 then
+  vim.schedule(function() pcall(offer_resume) end)
+else
+  vim.api.nvim_create_autocmd("VimEnter", { group = group, once = true, callback = function()
+    pcall(offer_resume)
+  end })
+end
 vim.api.nvim_create_autocmd("ColorScheme", { group = group, callback = function()
   require("llamacpp.nvim.highlights").apply()
 end })

@@ -105,10 +105,21 @@ describe("the Neovim plugin's lifetimes", function()
     assert.truthy(aborted(srv), "the server saw no disconnect")
   end)
 
-  it("a server that dies mid-stream: the error and the partial reply shown, the next message goes", function()
+  it("a connection that drops mid-stream is resumed: the whole reply, from one generation", function()
     srv:reply{ content = "one two three four five six seven eight", disconnect_after = 3 }
     srv:reply{ content = "Second answer." }
     local res = run{}
+    assert.equal("done", res.first.last.status)
+    assert.equal("one two three four five six seven eight", res.first.reply)
+    assert.truthy(srv:wait_for(function(e) return e.event == "resume" end, 10), "the plugin did not resume")
+    second_ok(res, srv, 3)
+    assert.equal(2, #chat_requests(srv))
+  end)
+
+  it("without resume, a server that dies mid-stream: the error and the partial reply shown, the next goes", function()
+    srv:reply{ content = "one two three four five six seven eight", disconnect_after = 3 }
+    srv:reply{ content = "Second answer." }
+    local res = run{ setup = { resume = false } }
     assert.equal("error", res.first.last.status)
     assert.matches("^%[error%] ", res.first.footer)
     assert.matches("^one two", res.first.reply)

@@ -176,6 +176,40 @@ describe("resumable streams", function()
     for _, r in ipairs(srv:log(since)) do assert.is_not.equal("cancel", r.event) end
   end)
 
+  it("detach() leaves a stream without cancelling it: its id and offset go on elsewhere", function()
+    srv:reply{ tokens = TOKENS, pace = 0.1 }
+    local c = client()
+    local s = c:open_stream{ messages = MSGS, conversation_id = "detached" }
+    local first = s:next()
+    assert.equal("content", first.type)
+    local since = seq()
+    local id, from = s:detach()
+    assert.equal("detached", id)
+    assert.equal(s:offset(), from)
+    assert.is_true(from > 0)
+    local ok, err = pcall(s.next, s)
+    assert.is_false(ok)
+    assert.matches("stream is closed", err)
+    s:close()                                   -- already left: no DELETE either
+    local rest = util.collect(c:resume_stream(id, { from = from }))
+    assert.equal(TEXT, first.content .. texts(rest))
+    for _, r in ipairs(srv:log(since)) do assert.is_not.equal("cancel", r.event) end
+    -- nothing to resume: closed as by close()
+    local plain = c:open_stream{ messages = MSGS }
+    assert.is_nil(plain:detach())
+    srv:reply{ tokens = TOKENS }
+    local done = c:open_stream{ messages = MSGS, conversation_id = "over" }
+    repeat local ev = done:next() until ev == nil
+    assert.is_nil(done:detach())
+  end)
+
+  it("can_resume(): llama-server can, the other providers cannot", function()
+    assert.is_true(client():can_resume())
+    for _, p in ipairs{ "openai", "ollama", "anthropic" } do
+      assert.is_false(llamacpp.new{ provider = p, endpoint = srv.endpoint }:can_resume(), p)
+    end
+  end)
+
   it("resume_stream reads a stream again from a byte; live_streams says what is there", function()
     srv:reply{ tokens = TOKENS }
     local c = client()
@@ -236,6 +270,38 @@ describe("resumable streams", function()
     luv.run()
     assert.equal("done", rest[#rest].type)
     assert.equal(TEXT, table.concat(got) .. texts(rest))
+  end)
+
+  it("on the loop: detach() leaves the generation to the server, no callback after it", function()
+    if not has_luv then
+      print("skipped: luv is not installed for this Lua")
+      return
+    end
+    local c = client()
+    srv:reply{ tokens = TOKENS, pace = 0.1 }
+    local got, h, id, from, after = {}, nil, nil, nil, 0
+    h = lu.chat_stream(c, { messages = MSGS, resumable = true }, function(ev)
+      if id then after = after + 1 return end
+      if ev.type == "content" then got[#got + 1] = ev.content end
+      if #got == 2 then id, from = h:detach() end
+    end, { uv = luv })
+    local since = seq()
+    luv.run()
+    assert.equal(0, after)
+    assert.is_string(id)
+    assert.equal(h.conversation_id, id)
+    assert.is_true(from > 0)
+    local rest = {}
+    lu.resume_stream(c, id, { from = from }, function(ev) rest[#rest + 1] = ev end, { uv = luv })
+    luv.run()
+    assert.equal(TEXT, table.concat(got) .. texts(rest))
+    for _, r in ipairs(srv:log(since)) do assert.is_not.equal("cancel", r.event) end
+    -- not resumable: cancelled as by cancel()
+    srv:reply{ tokens = TOKENS, pace = 0.1 }
+    local h2
+    h2 = lu.chat_stream(c, { messages = MSGS }, function() assert.is_nil(h2:detach()) end, { uv = luv })
+    luv.run()
+    assert.is_true(h2.cancelled)
   end)
 
   it("bad options are refused at the caller's line; other providers cannot resume", function()

@@ -809,6 +809,19 @@ function Stream:close()
   t:close()
 end
 
+--- Leaves a resumable stream without cancelling it: the connection is
+-- closed, no event comes any more, and the generation goes on on the
+-- server, to be read later (here or in another process) with
+-- `client:resume_stream(id, {from = offset})`. A stream that is not
+-- resumable, or already over, is closed as by :close().
+-- @treturn string|nil the conversation_id (nil: nothing to resume)
+-- @treturn integer|nil the offset to resume from (@{Stream:offset})
+function Stream:detach()
+  local id, at = self.conversation_id, self.at
+  if not M.leave(self) then return nil end
+  return id, at
+end
+
 --- A stream for a chat request, to be read with :next() and :close().
 -- On Lua 5.1 and LuaJIT use this rather than @{chat_stream} when a loop may
 -- end early, and close the stream.
@@ -879,6 +892,12 @@ function Client:resume_stream(id, opts)
   s.rs.fresh = false
   return function() return s:next() end, s, nil, s
 end
+
+--- True when this client's provider can resume a stream after a cut
+-- (llama-server): streaming requests then take `resumable = true`.
+-- @within Client
+-- @treturn boolean
+function Client:can_resume() return self.provider.resumable == true end
 
 function steps.live_streams(io, self, ids)
   args.check(type(ids) == "table", 1, "live_streams", args.expected("table", ids))

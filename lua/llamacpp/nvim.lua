@@ -76,6 +76,11 @@ function M.buf() return package.loaded["llamacpp.nvim.chat"] and chat().buf() or
 function M.history() return chat().history() end
 --- How the last reply ended: {status = "done" | "error" | "cancelled", error, stop_reason, usage, buf}.
 function M.last() return package.loaded["llamacpp.nvim.chat"] and chat().last or nil end
+--- The newest reply left streaming when Neovim quit, shown and read on
+-- (forget: drop them all). See :help :LlamaResume.
+function M.resume(forget) return chat().resume(forget) end
+--- How many replies were left streaming when Neovim quit.
+function M.saved_count() return chat().saved_count() end
 --- A new conversation.
 function M.reset() return chat().reset() end
 

@@ -270,6 +270,25 @@ function Handle:cancel()
   if was_active then self.driver:sync() end
 end
 
+--- Leaves a resumable stream without cancelling it (Stream:detach): no
+-- callback is called any more, the connection is closed, and the
+-- generation goes on on the server, for resume_stream(client, id,
+-- {from = offset}) here or in another process. Other requests are
+-- cancelled. Returns the id and offset, or nil when there is nothing to
+-- resume.
+function Handle:detach()
+  if self.cancelled then return nil end
+  local s = self.stream
+  local id, at = s and s.conversation_id, s and s:offset()
+  if not (id and not self.finished and leave(s)) then
+    self:cancel()
+    return nil
+  end
+  self.stream = nil                      -- left: cancel() sends no DELETE
+  self:cancel()
+  return id, at
+end
+
 function start(client, uv, opts, h)
   h.driver = driver(client, uv)
   h.on_error = opts and opts.on_error        -- this request's, not the loop's

@@ -161,6 +161,42 @@ function scenarios.lifetime()
   R.second.buf = plugin().buf()
 end
 
+-- Leaving mid-reply: args.turns (questions answered first, each to its
+-- end), then args.prompt, whose reply streams; once args.after bytes of it
+-- show, Neovim quits (VimLeavePre). A next run in the same HOME:
+-- scenario "resumed".
+function scenarios.quit_streaming()
+  setup()
+  for _, q in ipairs(A.turns or {}) do
+    vim.cmd("LlamaChat " .. q)
+    not_busy()
+  end
+  vim.cmd("LlamaChat " .. (A.prompt or "first question"))
+  wait(function() return #reply_text() >= (A.after or 1) end)
+  R.before = reply_text()
+  R.quit = true                     -- finish() writes the result and runs :qa!
+end
+
+-- Neovim started again: what it offered (R.offers, the notes so far),
+-- then :LlamaResume (args.bang: :LlamaResume!) and how the reply ended;
+-- then args.second, if given, as the next message.
+function scenarios.resumed()
+  R.offers = {}
+  for i, n in ipairs(R.notes) do R.offers[i] = n.msg end
+  setup()
+  R.saved_before = plugin().saved_count()
+  vim.cmd(A.bang and "LlamaResume!" or "LlamaResume")
+  R.busy_after_action = plugin().busy()
+  not_busy()
+  reply_into(snapshot(R))
+  R.saved_after = plugin().saved_count()
+  if A.second then
+    vim.cmd("LlamaChat " .. A.second)
+    not_busy()
+    R.second = reply_into(snapshot())
+  end
+end
+
 -- Typed turns: the chat window focused, text typed below the last
 -- header, <CR> in normal mode. args.turns: the messages; args.during: text
 -- typed into the input while the first reply streams.

@@ -14,14 +14,17 @@
 -- Lifetimes: the request ends, and nothing is left waiting, whatever
 -- happens first: done, error, :LlamaCancel, the buffer unloaded or wiped
 -- (:bd, :bw!: the request is cancelled and the conversation dropped),
--- Neovim quitting (VimLeavePre cancels). Closing the window only hides
--- the buffer: the reply goes on, and :LlamaChat shows it again.
+-- Neovim quitting (VimLeavePre: a resumable reply is left to the server
+-- and remembered for :LlamaResume; any other is cancelled). Closing the
+-- window only hides the buffer: the reply goes on, and :LlamaChat shows
+-- it again.
 -- luacheck: globals vim (vim.bo fields are set)
 local M = {}
 
 local api = vim.api
 local uv = vim.uv or vim.loop
 local appender = require "llamacpp.nvim.appender"
+local config_mod = require "llamacpp.nvim.config"
 
 local plugin                      -- llamacpp.nvim (config, client, notify), set by attach()
 local S                           -- the session: {buf, messages, input, req}
@@ -394,7 +397,13 @@ function schedule_flush(r)
 end
 
 -- The buffer was unloaded or wiped: cancel, and drop the conversation.
+-- Neovim unloads every buffer when it quits, before VimLeavePre: then
+-- the reply is ended as VimLeavePre ends it (M.shutdown).
 function on_gone(s)
+  if vim.v.exiting ~= vim.NIL then
+    if S == s then M.shutdown() end
+    return
+  end
   local r = s.req
   s.req = nil
   if S == s then S = nil end
@@ -417,6 +426,10 @@ local function request_of(s)
   for k, v in pairs(cfg.params or {}) do req[k] = v end
   req.system = req.system or cfg.system
   if cfg.progress and req.progress == nil then req.progress = true end
+  if cfg.resume and req.resumable == nil and req.conversation_id == nil then
+    local c = plugin.client()
+    req.resumable = c.can_resume ~= nil and c:can_resume() or nil
+  end
   req.messages = {}
   for i, m in ipairs(s.messages) do req.messages[i] = { role = m.role, content = m.content } end
   return req
@@ -494,7 +507,12 @@ function start_stream(r)
     r.final = r.final or { status = "error", message = msg, at = now_ms() }
     schedule_flush(r)
   end
-  r.handle = require("llamacpp.uv").chat_stream(plugin.client(), r.req, on_event, { on_error = on_error })
+  local luv, o = require("llamacpp.uv"), { on_error = on_error }
+  if r.resume then
+    r.handle = luv.resume_stream(plugin.client(), r.resume.id, { from = r.resume.from }, on_event, o)
+  else
+    r.handle = luv.chat_stream(plugin.client(), r.req, on_event, o)
+  end
 end
 
 -- Adds the user's turn (text) after the input header and a reply place
@@ -523,8 +541,10 @@ local function add_turn(s, text, replace_input)
   return reply_row
 end
 
--- Sends `text` as the next user message, with the history.
-local function send(s, text, replace_input)
+-- Sends `text` as the next user message, with the history; resume
+-- ({id, from, content, reasoning}): instead, shows the part of its reply
+-- that was shown before and reads the rest from the server.
+local function send(s, text, replace_input, resume)
   if s.req then
     error("llamacpp: a reply is still streaming (:LlamaCancel stops it)", 0)
   end
@@ -536,6 +556,12 @@ local function send(s, text, replace_input)
   local r = { s = s, user = user, pending = {}, head = 1, content = {}, reasoning = {},
               t0 = now_ms(), reply_row = reply_row, undolevels = ul }
   r.out = appender.new(s.buf, NS, reply_row, 0)
+  if resume then
+    r.resume = { id = resume.id, from = resume.from }
+    if resume.reasoning ~= "" then write(r, "r", resume.reasoning) end
+    if resume.content ~= "" then write(r, "c", resume.content) end
+    r.delivered = resume.content ~= "" or nil
+  end
   r.req = request_of(s)
   s.req = r
   M.last = nil
@@ -616,11 +642,124 @@ function M.cancel()
   return true
 end
 
---- Cancels whatever runs (VimLeavePre): the server sees the disconnect.
+---------------------------------------------------------------- after a restart
+
+-- The text of one kind ("c", "r") the stream handed over so far, written
+-- or still to be written.
+local function collected(r, kind)
+  local out = {}
+  for _, t in ipairs(kind == "c" and r.content or r.reasoning) do out[#out + 1] = t end
+  for i = r.head, #r.pending do
+    if r.pending[i][1] == kind then out[#out + 1] = r.pending[i][2] end
+  end
+  return table.concat(out)
+end
+
+local function write_file(path, data)
+  local tmp = path .. ".tmp"
+  local f = io.open(tmp, "wb")
+  if not f then return false end
+  local ok = f:write(data)
+  f:close()
+  return ok and os.rename(tmp, path) and true or false
+end
+
+-- Leaves r's reply to the server (it goes on generating) and remembers
+-- where it was, for M.resume. False when it cannot be resumed.
+local function leave_for_later(r)
+  if not (r.handle and r.handle.detach and r.handle.conversation_id) or r.final then return false end
+  local content, reasoning = collected(r, "c"), collected(r, "r")
+  local id, from = r.handle:detach()
+  if not id then return false end
+  local msgs = {}
+  for i, m in ipairs(r.s.messages) do msgs[i] = { role = m.role, content = m.content } end
+  local dir = config_mod.resume_dir()
+  vim.fn.mkdir(dir, "p")
+  return write_file(dir .. "/" .. id:gsub("[^%w_-]", "_") .. ".json", vim.fn.json_encode{
+    id = id, from = from, messages = msgs, content = content, reasoning = reasoning, saved = os.time() })
+end
+
+-- The saved replies, newest first: {{path =, state =}, ...}; unreadable
+-- files are removed.
+local function saved()
+  local out = {}
+  for _, path in ipairs(vim.fn.glob(config_mod.resume_dir() .. "/*.json", true, true)) do
+    local f = io.open(path, "rb")
+    local ok, st = false, nil
+    if f then
+      ok, st = pcall(vim.fn.json_decode, f:read("*a"))
+      f:close()
+    end
+    local good = ok and type(st) == "table" and type(st.id) == "string" and type(st.from) == "number"
+                 and type(st.messages) == "table" and #st.messages > 0
+                 and type(st.content) == "string" and type(st.reasoning) == "string"
+    for _, m in ipairs(good and st.messages or {}) do
+      good = good and type(m) == "table" and type(m.content) == "string"
+             and (m.role == "user" or m.role == "assistant")
+    end
+    if good and st.messages[#st.messages].role == "user" then
+      out[#out + 1] = { path = path, state = st }
+    else
+      os.remove(path)
+    end
+  end
+  table.sort(out, function(a, b) return (tonumber(a.state.saved) or 0) > (tonumber(b.state.saved) or 0) end)
+  return out
+end
+
+--- How many replies were left streaming when Neovim quit (for :LlamaResume).
+function M.saved_count() return #saved() end
+
+--- :LlamaResume: the newest reply that was streaming when Neovim quit,
+-- in the chat with its conversation: what was shown, then the rest
+-- from the server (which kept generating). forget (:LlamaResume!): drop
+-- them all instead. Returns the chat buffer (nil when there was none).
+function M.resume(forget)
+  local list = saved()
+  if forget then
+    for _, e in ipairs(list) do os.remove(e.path) end
+    plugin.notify(#list == 0 and "no reply to forget" or ("forgot " .. #list .. " repl" ..
+                  (#list == 1 and "y" or "ies")), vim.log.levels.INFO)
+    return nil
+  end
+  if #list == 0 then
+    plugin.notify("no reply was left streaming when Neovim quit", vim.log.levels.INFO)
+    return nil
+  end
+  if S and loaded(S.buf) and (S.req or #S.messages > 0) then
+    error("llamacpp: the chat holds a conversation: :LlamaReset first, then :LlamaResume", 0)
+  end
+  plugin.client()                             -- raises (module missing) before anything changes
+  local e = list[1]
+  local st, s = e.state, session()
+  local msgs, reply_row = st.messages, nil
+  for i = 1, #msgs - 1 do
+    local m = msgs[i]
+    if m.role == "user" then
+      reply_row = add_turn(s, m.content, true)
+    elseif reply_row then
+      local out = appender.new(s.buf, NS, reply_row, 0)
+      out:write(m.content)
+      out:drop()
+    end
+    s.messages[#s.messages + 1] = { role = m.role, content = m.content }
+  end
+  show(s, false)
+  local buf = send(s, msgs[#msgs].content, true, st)
+  os.remove(e.path)                           -- taken: quitting again saves it again
+  return buf
+end
+
+--- VimLeavePre: a resumable reply is left to the server and remembered
+-- (config resume); any other request is cancelled (the server sees the
+-- disconnect).
 function M.shutdown()
   local r = S and S.req
-  if r and r.handle then r.handle:cancel() end
-  if r then stop_timer(r) end
+  if not r then return end
+  S.req = nil
+  stop_timer(r)
+  if plugin.config().resume and leave_for_later(r) then return end
+  if r.handle then r.handle:cancel() end
 end
 
 --- Starts a new conversation (the old buffer is wiped).

@@ -18,6 +18,8 @@ M.DEFAULTS = {
   params = {},               -- more request fields for the chat (max_tokens, temperature, ...)
   progress = true,           -- ask for prompt-processing progress events (shown while waiting)
   wait_loading = 300,        -- seconds to wait through llama-server's 503 "Loading model"
+  resume = true,             -- resumable replies: a cut is resumed, and a reply streaming when
+                             -- Neovim quits goes on on the server, for :LlamaResume after a restart
   reasoning = "fold",        -- "fold" | "show" | "hide"
   split = "botright vsplit", -- how the chat window opens
   names = { user = "You", assistant = "llama" },   -- the turns' headers
@@ -83,6 +85,7 @@ function M.resolve(opts)
   spec.system = { opts.system, "string", true }
   spec.params = { opts.params, "table", true }
   spec.progress = { opts.progress, "boolean", true }
+  spec.resume = { opts.resume, "boolean", true }
   spec.wait_loading = { opts.wait_loading, function(v)
     return v == nil or (type(v) == "number" and v >= 0)
   end, "a number of seconds >= 0" }
@@ -133,6 +136,10 @@ function M.resolve(opts)
   end
   return c
 end
+
+--- Where the chat remembers the replies that were streaming when Neovim
+-- quit (one JSON file per reply), for :LlamaResume.
+function M.resume_dir() return vim.fn.stdpath("data") .. "/llamacpp/resume" end
 
 --- The llamacpp.new options of a config.
 function M.client_options(c)
