@@ -355,6 +355,37 @@ describe("router mode (many models behind one server)", function()
       for _, q in ipairs(seen(since)) do assert.equal("/v1/models", q.rel) end
     end)
 
+    it("a request's model picks the deployments that serve it; others are skipped, not sent it", function()
+      local ep = srv:router{ models = { "tiny", "tiny-tools" }, loaded = { "tiny", "tiny-tools" } }
+      local r = router.new{ tiers = { main = {
+        { name = "small", endpoint = ep, model = "tiny" },
+        { name = "tools", endpoint = ep, model = "tiny-tools" } } } }
+      local msgs = { { role = "user", content = "x" } }
+      local since = last_seq()
+      local res = assert(r:chat{ model = "tiny-tools", messages = msgs })
+      assert.equal("model tiny-tools", res.content)
+      assert.equal("tools", res.provider)
+      assert.equal("UNSUPPORTED_REQUEST", res.attempts[1].error.code)
+      assert.matches("serves model 'tiny', the request asks for 'tiny%-tools'", res.attempts[1].error.message)
+      local chats = 0
+      for _, q in ipairs(seen(since)) do
+        if q.rel == "/v1/chat/completions" then
+          chats = chats + 1
+          assert.equal("tiny-tools", q.json.model)
+        end
+      end
+      assert.equal(1, chats)
+      -- a model no deployment serves: no_provider, nothing sent
+      since = last_seq()
+      local none, err = r:chat{ model = "big", messages = msgs }
+      assert.is_nil(none)
+      assert.equal("no_provider", err.kind)
+      assert.same({}, seen(since))
+      -- a deployment that names no model gets the request's
+      local open = router.new{ tiers = { main = { { name = "any", endpoint = ep } } } }
+      assert.equal("model tiny-tools", assert(open:chat{ model = "tiny-tools", messages = msgs }).content)
+    end)
+
     it("on the loop, the health check asks about the model too, and the request goes round the failed one", function()
       if not has_luv then return pending("luv is not installed for " .. _VERSION .. ": apt-get install lua-luv") end
       local ep = srv:router{ models = { "tiny", { name = "bad", fail = 2 } }, load_time = 0.05 }
@@ -380,6 +411,94 @@ describe("router mode (many models behind one server)", function()
       -- (the chat's attempt at "bad" started its load again: the check may
       -- have seen it loading; the blocking case above asserts the verdict)
       assert.equal("model_failed", got[1].attempts[1].error.code)
+    end)
+  end)
+  describe("behind llama-swap (the test kit's stand-in)", function()
+    local msgs = { { role = "user", content = "x" } }
+    local function swap(conf)
+      conf = conf or {}
+      conf.swap = true
+      conf.models = conf.models or { "a", "b" }
+      conf.embeddings = true
+      conf.load_time = conf.load_time or 0.05
+      return srv:router(conf)
+    end
+
+    it("the POSTs it routes by model work, each model started on demand", function()
+      local ep = swap()
+      local c = llamacpp.new{ endpoint = ep, model = "a" }
+      assert.equal("model a", assert(c:chat{ messages = msgs }).content)
+      assert.equal("model b", assert(c:chat{ model = "b", messages = msgs }).content)
+      assert.equal("model a", assert(c:completion{ prompt = "x" }).content)
+      assert.equal("model b", assert(c:infill{ model = "b", input_prefix = "x" }).content)
+      assert.is_table(assert(c:embeddings("x")))
+      local text = {}
+      for ev in c:chat_stream{ messages = msgs, model = "b" } do
+        if ev.type == "content" then text[#text + 1] = ev.content end
+        assert.are_not.equal("error", ev.type)
+      end
+      assert.equal("model b", table.concat(text))
+    end)
+
+    it("models() tells the running model from the others (GET /running)", function()
+      local ep = swap()
+      local c = llamacpp.new{ endpoint = ep }
+      local function states()
+        local out = {}
+        for _, d in ipairs(assert(c:models()).data) do out[d.id] = d.state end
+        return out
+      end
+      assert.same({ a = "unloaded", b = "unloaded" }, states())
+      assert(c:chat{ model = "b", messages = msgs })
+      assert.same({ a = "unloaded", b = "loaded" }, states())
+      assert(c:chat{ model = "a", messages = msgs })      -- one at a time: b stopped
+      assert.same({ a = "loaded", b = "unloaded" }, states())
+    end)
+
+    it("its refusals get the router-mode codes, with the models it serves", function()
+      local c = llamacpp.new{ endpoint = swap() }
+      local res, err = c:chat{ messages = msgs }
+      assert.is_nil(res)
+      assert.equal("model_required", err.code)
+      assert.is_false(err.retryable)
+      assert.matches("missing or invalid 'model' key", err.message)
+      assert.matches("it serves: a, b", err.message)
+      res, err = c:chat{ model = "zzz", messages = msgs }
+      assert.is_nil(res)
+      assert.equal("model_not_found", err.code)
+      assert.matches("zzz", err.message)
+      -- the same words in the text alone (a stream asks for text/event-stream)
+      local evs = {}
+      for ev in c:chat_stream{ model = "zzz", messages = msgs } do evs[#evs + 1] = ev end
+      assert.equal("error", evs[#evs].type)
+      assert.equal("model_not_found", evs[#evs].error.code)
+    end)
+
+    it("what it does not route answers 404; a client on /upstream/NAME reaches the model", function()
+      local ep = swap()
+      local c = llamacpp.new{ endpoint = ep, model = "a" }
+      local toks, err = c:tokenize("a bc")
+      assert.is_nil(toks)
+      assert.equal(404, err.status)
+      local up = llamacpp.new{ endpoint = ep .. "/upstream/b" }
+      assert.same({ 1, 2 }, assert(up:tokenize("a bc")))
+      assert.equal("b", assert(up:props()).model_alias)
+      assert.is_table(assert(up:slots()))
+    end)
+
+    it("wait_ready{model} is ready once it lists the model; an unknown one fails at once", function()
+      local c = llamacpp.new{ endpoint = swap() }
+      assert.is_true(c:wait_ready{ model = "a", timeout = 10 })
+      local ok, err = c:wait_ready{ model = "zzz", timeout = 10 }
+      assert.is_nil(ok)
+      assert.equal("model_not_found", err.code)
+      if not has_luv then return pending("luv is not installed for " .. _VERSION .. ": apt-get install lua-luv") end
+      local got
+      lu.chat_stream(c, { model = "b", messages = msgs }, function(ev)
+        if ev.type == "done" then got = ev.content end
+      end, { uv = luv })
+      luv.run()
+      assert.equal("model b", got)
     end)
   end)
 end)

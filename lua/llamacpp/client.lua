@@ -982,7 +982,7 @@ end
 local function find_model(obj, name)
   local routed = false
   for _, d in ipairs(obj.data) do
-    if type(d.status) == "table" then routed = true end
+    if type(d.status) == "table" or d.owned_by == "llama-swap" then routed = true end
     if d.id == name then return d, true end
     for _, a in ipairs(type(d.aliases) == "table" and d.aliases or {}) do
       if a == name then return d, true end
@@ -995,8 +995,25 @@ function steps.models(io, self)
   local obj, err = request(io, self, "GET", "/v1/models")
   if not obj then return nil, err end
   if type(obj.data) ~= "table" then obj.data = {} end
+  local swap = false
   for _, d in ipairs(obj.data) do
-    if type(d) == "table" then d.state = model_state(d) end
+    if type(d) == "table" then
+      d.state = model_state(d)
+      if d.owned_by == "llama-swap" then swap = true end
+    end
+  end
+  if swap then          -- llama-swap keeps no status per model: /running lists those running
+    local run = io.request(self, "GET", "/running")
+    local up = {}
+    for _, p in ipairs(type(run) == "table" and type(run.running) == "table" and run.running or {}) do
+      if type(p) == "table" and type(p.model) == "string" then up[p.model] = p.state end
+    end
+    for _, d in ipairs(obj.data) do
+      if type(d) == "table" and d.owned_by == "llama-swap" then
+        d.state = not run and "unknown" or up[d.id] == "ready" and "loaded" or up[d.id] and "loading"
+                  or "unloaded"
+      end
+    end
   end
   private[self].served = served_names(obj)
   return obj
@@ -1006,7 +1023,9 @@ end
 -- normalised `state`: `"loaded"`, `"loading"`, `"unloaded"`, `"sleeping"`,
 -- `"downloading"`, ... as a router-mode server says (`status.value`),
 -- `"failed"` when the model's server process died (`status.failed`,
--- `status.exit_code`); a single-model server's model is `"loaded"`.
+-- `status.exit_code`); a single-model server's model is `"loaded"`; behind
+-- llama-swap (`owned_by = "llama-swap"`), `"loaded"` for the models its
+-- `GET /running` lists, else `"unloaded"`.
 -- @within Client
 function Client:models() return steps.models(blocking, self) end
 
@@ -1068,7 +1087,8 @@ function steps.health(io, self, opts)
   local d, routed = find_model(obj, name)
   if not routed then return { status = "ok", model = name, state = "loaded" } end
   if not d or d.state == "failed" then return nil, model_error(self, name, d, private[self].served) end
-  return { status = "ok", model = name, state = d.state }
+  -- llama-swap starts a model on its first request, and holds the request until it runs
+  return { status = "ok", model = name, state = d.state, on_demand = d.owned_by == "llama-swap" or nil }
 end
 
 --- GET /health: {status = "ok"}, or nil, Error (503 "Loading model" is an
@@ -1092,6 +1112,7 @@ function steps.wait_ready(io, self, opts)
     -- with a model: its state (a model not served or failed is an Error
     -- of kind "model", not retryable: the wait ends at once)
     local h, err = steps.health(io, self, hopts)
+    if h and h.on_demand then return true end
     local state = h and h.state
     if state and state ~= "loaded" and state ~= "sleeping" then   -- unloaded, loading, ...
       if state == "unloaded" and not asked then
@@ -1113,7 +1134,9 @@ end
 --- Polls until the server is ready: /health (through the 503 "Loading
 -- model" phase and a server still starting), or with opts.model, until
 -- that model is loaded on a router-mode server (GET /v1/models), loading
--- it first when it is unloaded unless opts.load is false; a model that
+-- it first when it is unloaded unless opts.load is false (behind
+-- llama-swap, which starts a model on its first request: once it lists
+-- the model); a model that
 -- failed, or that the server does not serve, ends the wait at once (kind
 -- `model`). opts.timeout (seconds, default 60), opts.interval (seconds,
 -- default 0.25). true, or nil and the last Error.

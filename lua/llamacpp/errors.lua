@@ -65,6 +65,15 @@ local MODEL_REFUSALS = {
   { "^model name=.* failed to load$", "model_failed" },   -- its child process died
 }
 
+-- llama-swap's (proxy/proxymanager.go): a 400 with {"error": "..."} or the
+-- text alone.
+local SWAP_REFUSALS = {
+  { "^missing or invalid 'model' key$", "model_required" },
+  { "^could not find suitable inference handler for ", "model_not_found" },
+  { "^could not find suitable handler for ", "model_not_found" },
+  { "^model id required in path$", "model_not_found" },          -- /upstream/NAME/...
+}
+
 --- The error for an HTTP answer with status >= 400 (or an error object in
 -- a 200 stream). Parses `{"error":{"code","message","type",...}}` and
 -- OpenAI/Anthropic-style variants; keeps the body, capped.
@@ -101,8 +110,9 @@ function M.http(status, body, headers, label)
     e.request_id = headers["x-request-id"] or headers["request-id"]
   end
   if e.code == "overloaded_error" then e.retryable = true end
-  if e.server then
-    for _, r in ipairs(MODEL_REFUSALS) do
+  local refusals = e.server and MODEL_REFUSALS or (status == 400 and SWAP_REFUSALS)
+  if refusals then
+    for _, r in ipairs(refusals) do
       if detail:find(r[1]) then
         e.code = r[2]
         e.retryable = false       -- the same request gets the same answer

@@ -181,6 +181,9 @@ end
 --   autoload   false: a request to a model not running is refused (default true)
 --   metrics, embeddings   true: the router was started with these flags
 --              (else the child answers 501)
+--   swap       true: answer as llama-swap instead (POSTs routed by `model`,
+--              `/upstream/NAME/...`, `/running`, `/unload`; see
+--              llamacpp.testing.models)
 function Server:router(conf)
   conf = conf or {}
   args.check(type(conf) == "table", 1, "router", args.expected("table", conf))

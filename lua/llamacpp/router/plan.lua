@@ -244,6 +244,9 @@ function Plan:next()
         local req = request_for(rec, self.req, self.resumable)
         local why = rec.client.provider.unsupported
         why = why and why(req)
+        if not why and rec.model and req.model ~= nil and req.model ~= rec.model then
+          why = "it serves model '" .. rec.model .. "', the request asks for '" .. tostring(req.model) .. "'"
+        end
         if why then
           -- this deployment's wire cannot carry the request: the next one may
           self:record(it, errors.new("unsupported", "deployment " .. rec.name ..

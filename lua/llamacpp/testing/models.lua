@@ -11,6 +11,17 @@
 -- model whose child fails shows `unloaded` with `failed = true` and its
 -- `exit_code`, and a request that autoloads it gets 500 "model name=x
 -- failed to load". Each answer names the model that served it.
+--
+-- With `swap = true` it answers as llama-swap does instead (its
+-- proxy/proxymanager.go): the inference POSTs (chat, completions,
+-- /completion, /infill, embeddings, rerank, /v1/messages and its
+-- count_tokens) are routed by the body's `model` and wait for that model
+-- to start (one model runs at a time: starting one stops the others);
+-- `/upstream/NAME/PATH` passes any request to model NAME; `/v1/models`
+-- lists the models (`owned_by = "llama-swap"`, no status), `/running` the
+-- ones running, `GET /unload` stops them all, `/health` is its own "OK";
+-- every other path is a 404 with no body. Its refusals are 400s with
+-- `{"error": "..."}` (JSON when asked for, else the text alone).
 -- @module llamacpp.testing.models
 local cjson = require "cjson"
 
@@ -35,6 +46,7 @@ function M.new(conf)
   local r = setmetatable({ conf = conf, models = {}, order = {}, by_alias = {} }, Router)
   r.load_time = tonumber(conf.load_time) or 0.2
   r.autoload = conf.autoload ~= false
+  r.swap = conf.swap == true
   local loaded = {}
   for _, n in ipairs(conf.loaded or {}) do loaded[n] = true end
   for _, m in ipairs(conf.models or {}) do
@@ -110,7 +122,8 @@ end
 -- (a chat answer for llamacpp.testing.render), and the seconds to wait
 -- before it (a load), then call `finish(now)` for the answer after the
 -- wait. Returns answer, wait, finish.
-function Router:answer(method, path, query, body, now)
+function Router:answer(method, path, query, body, now, accept)
+  if self.swap then return self:swap_answer(method, path, body, now, accept) end
   if path == "/health" then return ok{ status = "ok" } end
   if path == "/models" or path == "/v1/models" then
     local data = {}
@@ -152,6 +165,76 @@ function Router:answer(method, path, query, body, now)
   end
   if wait and wait > 0 then return nil, wait, child end
   return child(now)
+end
+
+-- llama-swap's inference routes (the POSTs it routes by the body's model).
+local SWAP_POSTS = {}
+for _, p in ipairs{ "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages",
+                    "/v1/messages/count_tokens", "/v1/embeddings", "/reranking", "/rerank", "/v1/rerank",
+                    "/v1/reranking", "/infill", "/completion" } do
+  SWAP_POSTS[p] = true
+end
+
+-- llama-swap's answers: JSON {"error": msg} when the request accepts JSON, else the text.
+local function swap_error(status, message, accept)
+  if tostring(accept or ""):find("application/json", 1, true) then
+    return { status = status, json = { error = message } }
+  end
+  return { status = status, body = message, ctype = "text/plain; charset=utf-8" }
+end
+
+-- llama-swap: `m` answers `path` once it runs (starting it stops the others).
+function Router:swap_to(m, path, body, now)
+  for _, o in ipairs(self.order) do
+    if o ~= m and self:status(o, now) ~= "unloaded" then o.state = "unloaded" end
+  end
+  local state = self:status(m, now)
+  if state == "loaded" then return self:child(m, path, body) end
+  if state == "unloaded" then self:start_load(m, now) end
+  return nil, m.ready_at - now, function(at)
+    if self:status(m, at) ~= "loaded" then
+      return { status = 502, body = "upstream command exited prematurely", ctype = "text/plain" }
+    end
+    return self:child(m, path, body)
+  end
+end
+
+function Router:swap_answer(method, path, body, now, accept)
+  if path == "/health" then return { status = 200, body = "OK", ctype = "text/plain; charset=utf-8" } end
+  if method == "GET" and path == "/v1/models" then
+    local data = {}
+    for i, m in ipairs(self.order) do
+      data[i] = { id = m.name, object = "model", created = 1796407375, owned_by = "llama-swap" }
+    end
+    table.sort(data, function(a, b) return a.id < b.id end)
+    return ok{ object = "list", data = data }
+  end
+  if method == "GET" and path == "/running" then
+    local run = {}
+    for _, m in ipairs(self.order) do
+      if self:status(m, now) == "loaded" then run[#run + 1] = { model = m.name, state = "ready" } end
+    end
+    if #run == 0 then return { status = 200, body = '{"running":[]}' } end   -- cjson 2.1.0: {} otherwise
+    return ok{ running = run }
+  end
+  if method == "GET" and path == "/unload" then
+    for _, m in ipairs(self.order) do m.state = "unloaded" end
+    return { status = 200, body = "OK", ctype = "text/plain; charset=utf-8" }
+  end
+  local up, rest = path:match("^/upstream/([^/]+)(/.*)$")
+  if up then
+    local m = self.models[up] or self.by_alias[up]
+    if not m then return swap_error(400, "model id required in path", accept) end
+    return self:swap_to(m, rest, body, now)
+  end
+  if method == "POST" and SWAP_POSTS[path] then
+    local name = type(body) == "table" and type(body.model) == "string" and body.model or ""
+    if name == "" then return swap_error(400, "missing or invalid 'model' key", accept) end
+    local m = self.models[name] or self.by_alias[name]
+    if not m then return swap_error(400, "could not find suitable inference handler for " .. name, accept) end
+    return self:swap_to(m, path, body, now)
+  end
+  return { status = 404, body = "", ctype = "text/plain" }
 end
 
 -- What the model's own server (the child) answers.
