@@ -120,6 +120,31 @@ describe("examples", function()
     assert.matches("nearest: A kitten naps in the sun%.", out)
   end)
 
+  it("affinity.lua keeps each conversation on one server and counts the cache", function()
+    local eps = {}
+    for i, n in ipairs{ "a", "b", "c" } do
+      srv:write("aff_" .. n, util.fixture("cache_turn2_nonstream"))
+      eps[i] = srv:replay("aff_" .. n)
+    end
+    local code, out, err = run("examples/affinity.lua", { LLAMACPP_ENDPOINTS = table.concat(eps, ",") })
+    assert.equal(0, code, err)
+    for _, topic in ipairs{ "the Lua language", "prime numbers", "the moon", "tea" } do
+      local at = {}
+      for who in out:gmatch("%[" .. topic:gsub("%p", "%%%0") .. ", turn %d, (server%d)%]") do at[#at + 1] = who end
+      assert.equal(3, #at)
+      assert.equal(at[1], at[2])
+      assert.equal(at[1], at[3])
+    end
+    -- 12 answers, all at home; cache_turn2_nonstream: 441 cached, 1 evaluated each
+    local answered, home, cached = 0, 0, 0
+    for a, h, c in out:gmatch("server%d +(%d+) +(%d+) +%d+ +(%d+) +%d+") do
+      answered, home, cached = answered + a, home + h, cached + c
+    end
+    assert.equal(12, answered)
+    assert.equal(12, home)
+    assert.equal(12 * 441, cached)
+  end)
+
   it("router.lua falls back and says who answered", function()
     local code, out = run("examples/router.lua", {
       LLAMACPP_ENDPOINT = "http://127.0.0.1:" .. util.closed_port(),
