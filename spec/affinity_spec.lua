@@ -96,6 +96,37 @@ describe("router strategy affinity", function()
     assert.is_nil(reqs[1].body:find("secret-session", 1, true))
   end)
 
+  it("sends the session in the header session_header names, and only there", function()
+    local llamacpp = require "llamacpp"
+    local c = llamacpp.new{ endpoint = srv:replay("ok_a"), session_header = "X-Session-Id" }
+    local function last() local r = srv:requests(); return r[#r] end
+    assert(c:chat{ messages = msgs("hi"), session = "conv-42" })
+    assert.equal("conv-42", last().headers["x-session-id"])
+    assert.is_nil(cjson.decode(last().body).session)
+    assert(c:chat{ messages = msgs("hi") })
+    assert.is_nil(last().headers["x-session-id"])
+    local s = llamacpp.new{ endpoint = srv:replay("stream_a"), session_header = "X-Session-Id" }
+    local evs = util.collect(s:chat_stream{ messages = msgs("hi"), session = "conv-43", resumable = true })
+    assert.equal("done", evs[#evs].type)
+    assert.equal("conv-43", last().headers["x-session-id"])
+    assert.is_string(last().headers["x-conversation-id"])          -- both lines
+    -- through the router, from a deployment's options; on the loop too
+    local r = router.new{ tiers = { x = { strategy = "affinity",
+      { name = "g", endpoint = srv:replay("ok_b"), session_header = "X-Affinity" } } } }
+    assert(r:chat{ messages = msgs("hi"), session = "conv-44" })
+    assert.equal("conv-44", last().headers["x-affinity"])
+    if has_luv then
+      local luv, done = require "luv", nil
+      require("llamacpp.uv").chat(c, { messages = msgs("hi"), session = "conv-45" }, function(res) done = res end)
+      local deadline = os.time() + 30
+      while not done do luv.run("once"); assert(os.time() < deadline, "the loop's chat did not end") end
+      assert.equal("conv-45", last().headers["x-session-id"])
+    end
+    assert.error_matches(function() c:chat{ messages = msgs("hi"), session = "a\r\nX-Evil: 1" } end,
+                         "'session' contains CR, LF or NUL")
+    assert.error_matches(function() llamacpp.new{ session_header = "bad name" } end, "bad header name")
+  end)
+
   it("maps keys the same in another process made from the same configuration", function()
     local names = { "a", "b", "c" }
     local here = homes(new(names), 25)
@@ -167,8 +198,8 @@ end
   it("bounds the load: a hot session's concurrent streams spread, then go home again", function()
     local r = new({ "a", "b", "c" }, { kind = "stream_" })
     local home = util.collect(r:chat_stream{ messages = msgs("hi"), session = "s1" })[1].provider
-    -- CHWBL: the n-th request under way may go where fewer than
-    -- ceil(1.25 * n / 3) are: 1, 1, 2, 2, 3 for n = 1..5
+    -- bounded load: the n-th request is not sent where more than
+    -- ceil(1.25 * (n - 1) / 3) are under way (0, 1, 1, 2, 2 for n = 1..5)
     local streams, at = {}, {}
     for i = 1, 5 do
       streams[i] = r:open_stream{ messages = msgs("hi"), session = "s1" }   -- in flight from here
@@ -176,8 +207,9 @@ end
       at[i] = ev.provider
     end
     assert.equal(home, at[1])
-    assert.are_not.equal(home, at[2])
-    assert.same({ home, at[2], home, at[2], home }, at)
+    assert.equal(home, at[2])                     -- one under way is not more than 1
+    assert.are_not.equal(home, at[3])             -- two are
+    assert.same({ home, home, at[3], home, at[3] }, at)
     for i = 1, 5 do
       local last
       repeat
@@ -199,7 +231,7 @@ end
       streams[i] = r:open_stream{ messages = msgs("hi"), session = "s1" }
       at[i] = assert(streams[i]:next()).provider
     end
-    -- cap = ceil(4 * (inflight + 1) / 3): 2 for the second, 4 for the third
+    -- cap = ceil(4 * inflight / 3): 2 for the second, 3 for the third
     assert.equal(at[1], at[2])
     assert.equal(at[1], at[3])
     for i = 1, 3 do streams[i]:close() end

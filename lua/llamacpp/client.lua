@@ -42,7 +42,7 @@ local OPTIONS = {
   idle_timeout = "number", timeout = "number", provider = "string",
   proxy = "string", ca_file = "string", ca_path = "string",
   insecure = "boolean", follow_redirects = "boolean",
-  max_event = "number", max_body = "number",
+  max_event = "number", max_body = "number", session_header = "string",
 }
 
 local DEFAULTS = { connect_timeout = 10, idle_timeout = 300 }
@@ -116,10 +116,12 @@ function M.new(opts)
   if not endpoint then
     raise("bad endpoint '" .. raw:gsub("//[^/]*@", "//") .. "' (want http[s]://host[:port][/prefix])")
   end
+  if opts.session_header ~= nil then checkheader(opts.session_header, "") end
   local self = setmetatable({
     provider = provider,
     endpoint = endpoint,               -- without userinfo: safe to print
     model = opts.model,
+    session_header = opts.session_header,
     session = core.session(),
     streams = setmetatable({}, { __mode = "k" }),   -- open streams, for poll()
   }, Client)
@@ -169,8 +171,8 @@ function Client:_key()
 end
 
 -- Starts a transfer: method, path, body (string or nil), framing; extra:
--- a header line of ours (X-Conversation-Id), or nil; o: transfer options
--- over the client's (a short timeout), or nil.
+-- a header line of ours (X-Conversation-Id) or a list of them, or nil; o:
+-- transfer options over the client's (a short timeout), or nil.
 function Client:_open(method, path, body, framing, template, extra, o2)
   local key = self:_key()
   local h = { "Accept: " .. (framing == "sse" and "text/event-stream" or "application/json"),
@@ -184,7 +186,11 @@ function Client:_open(method, path, body, framing, template, extra, o2)
   local priv = private[self]
   local lines = priv.header_lines
   for i = 1, #lines do h[#h + 1] = lines[i] end
-  if extra then h[#h + 1] = extra end
+  if type(extra) == "table" then
+    for i = 1, #extra do h[#h + 1] = extra[i] end
+  elseif extra then
+    h[#h + 1] = extra
+  end
   local o = { url = priv.url .. path, method = method, body = body, proxy = priv.proxy,
               headers = h, framing = framing, template = template }
   for k, v in pairs(self.transfer_opts) do o[k] = v end
@@ -219,9 +225,18 @@ end
 
 -- Starts a request whose answer is read whole: the transfer, for
 -- _complete once it has ended.
-function Client:_begin(method, path, body_table)
+function Client:_begin(method, path, body_table, extra)
   local body = body_table ~= nil and json.encode(body_table) or nil
-  return self:_open(method, path, body, nil)
+  return self:_open(method, path, body, nil, nil, extra)
+end
+
+-- The header line that carries req.session, when the client has a
+-- session_header (for gateways that route by it), else nil.
+local function session_line(self, req)
+  local name, v = self.session_header, req.session
+  if not (name and v) then return nil end
+  if v:find("[\r\n%z]") then raise("bad request: 'session' contains CR, LF or NUL") end
+  return name .. ": " .. v
 end
 
 -- The end of a _begin transfer: decoded JSON (or the raw body when
@@ -268,7 +283,7 @@ end
 
 -- {====== requests read whole ======
 -- A whole-answer method is written once, as steps(io, client, ...) in
--- M.steps: io.request(client, method, path, body, raw, parse) runs one
+-- M.steps: io.request(client, method, path, body, raw, parse, extra) runs one
 -- request (begin, wait, complete) and io.sleep(ms) waits. The Client
 -- method runs its steps with `blocking`, in which the core waits;
 -- llamacpp.uv runs the same steps with an io whose request and sleep are
@@ -278,8 +293,8 @@ local steps = {}
 
 local blocking = {}
 
-function blocking.request(c, method, path, body_table, raw, parse)
-  local t = c:_begin(method, path, body_table)
+function blocking.request(c, method, path, body_table, raw, parse, extra)
+  local t = c:_begin(method, path, body_table, extra)
   local more, err
   repeat more, err = t:next() until more == nil
   return c:_complete(t, err, raw, parse)
@@ -291,7 +306,7 @@ function blocking.sleep(ms) core.sleep(ms) end
 -- begun (the transfer, which the driver waits on) and completed (the
 -- transfer ended, with err if it failed: res, or nil and the Error).
 M.steps = steps
-function M.begin(c, method, path, body_table) return c:_begin(method, path, body_table) end
+function M.begin(c, method, path, body_table, extra) return c:_begin(method, path, body_table, extra) end
 function M.complete(c, t, err, raw, parse) return c:_complete(t, err, raw, parse) end
 
 -- {=== router mode: one server, many models ===
@@ -351,8 +366,8 @@ end
 
 -- One request of a step, through io. A router-mode refusal is explained,
 -- with the list of models (one GET /v1/models when none is known yet).
-local function request(io, self, method, path, body, raw, parse, model)
-  local res, err = io.request(self, method, path, body, raw, parse)
+local function request(io, self, method, path, body, raw, parse, model, extra)
+  local res, err = io.request(self, method, path, body, raw, parse, extra)
   if res == nil and err and MODEL_CODES[err.code] then
     local priv = private[self]
     if not priv.served and (err.code == "model_required" or err.code == "model_not_found") then
@@ -414,7 +429,7 @@ function steps.chat(io, self, req)
     args.check(false, 1, "chat", "'resumable' is for streams: use chat_stream")
   end
   local t0 = core.now()
-  local res, err = request(io, self, "POST", p.chat_path, body, false, p.parse_chat)
+  local res, err = request(io, self, "POST", p.chat_path, body, false, p.parse_chat, nil, session_line(self, req))
   if not res then return nil, err end
   res.provider = p.name
   if req.think_tags == "split" then base.split_think(res) end
@@ -836,6 +851,8 @@ function Client:open_stream(req, opts)
   local p = self.provider
   local body = p.chat_body(req, true, self.model)
   local rs, header = resume_plan(self, req, "open_stream")
+  local sl = session_line(self, req)
+  if sl then header = header and { header, sl } or sl end
   local t = self:_open("POST", p.chat_path, json.encode(body), p.framing, p.template, header)
   return self:_stream(t, p.decoder(opts), body.model, p.stats, req.think_tags, rs, p.framing, p.template)
 end

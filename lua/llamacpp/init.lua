@@ -29,6 +29,9 @@ local M = {
 --   sent as `Authorization: Bearer`; never printed
 -- @field model default `model` of requests
 -- @field headers extra headers `{name = value}`; CR, LF or NUL raise
+-- @field session_header a header name (`"X-Session-Id"`): a chat request's
+--   `session` is sent in it, for gateways that route by it; by default a
+--   session is never sent
 -- @field provider `"llamacpp"` (default), `"openai"`, `"ollama"` or `"anthropic"`
 -- @field connect_timeout default 10
 -- @field first_byte_timeout from the start of a request to the answer's first

@@ -302,8 +302,8 @@ end
 
 -- A request whose answer is read whole: on_done(res) or on_done(nil, err),
 -- as the client's requests give them (client.begin / client.complete).
-local function whole(client, uv, method, path, body, raw, parse, on_done, opts)
-  local t = client_mod.begin(client, method, path, body)
+local function whole(client, uv, method, path, body, raw, parse, on_done, opts, extra)
+  local t = client_mod.begin(client, method, path, body, extra)
   local function complete(tt, err) return client_mod.complete(client, tt, err, raw, parse) end
   return start(client, uv, opts, { t = t, on_done = on_done,
                                    complete = complete, pump = pump_whole })
@@ -384,18 +384,18 @@ local function run_method(client, name, args_, on_done, uv, on_error)
     later(h, 0, deliver)                -- over at once: still from the loop
   end
   function resume(...)
-    local ok, what, a, b, c, d, e, f = coroutine.resume(co, ...)
+    local ok, what, a, b, c, d, e, f, g = coroutine.resume(co, ...)
     if not ok then
       if starting then return args.unplace(what) end
       report(h, "llamacpp.uv.request " .. name .. ": " .. tostring(what))
       return
     end
     if coroutine.status(co) == "dead" then return finish(what) end
-    if what == "request" then      -- a: client, b: method, c: path, d: body, e: raw, f: parse
+    if what == "request" then      -- a: client, b: method, c: path, d: body, e: raw, f: parse, g: extra
       h.cur = whole(a, uv, b, c, d, e, f, function(res, x)
         h.cur = nil
         if not h.cancelled then resume(res, x) end
-      end, wopts)
+      end, wopts, g)
     elseif what == "sleep" then
       later(h, math.max(0, math.ceil(a)), resume)
     end

@@ -58,9 +58,9 @@ end
 -- Affinity: the tier's deployments by rendezvous hashing of the key (the
 -- highest hash of key and deployment first: deterministic without shared
 -- state; removing a deployment moves only its keys), then bounded load:
--- those carrying ceil((1 + epsilon) * mean) of the tier's requests under
--- way or more (the mean counting this one) go after the others, in ring
--- order. The first before bounding is the key's home.
+-- those carrying more than ceil((1 + epsilon) * mean) of the tier's
+-- requests under way (the mean before this one) go after the others, in
+-- ring order. The first before bounding is the key's home.
 local function affinity(plan, tier, out)
   local list, n = tier.list, #tier.list
   plan.akey = plan.akey or fmt("%.0f", hash(M.affinity_key(plan.req)))
@@ -77,11 +77,11 @@ local function affinity(plan, tier, out)
     return a.ring < b.ring
   end)
   if tier == plan.tier then plan.home = out[1] end
-  local cap = ceil((1 + tier.epsilon) * (total + 1) / n)
+  local cap = ceil((1 + tier.epsilon) * total / n)
   local under, over = {}, {}
   for i = 1, n do
     local rec = out[i]
-    if load[rec] < cap then under[#under + 1] = rec else over[#over + 1] = rec end
+    if load[rec] <= cap then under[#under + 1] = rec else over[#over + 1] = rec end
   end
   for i = 1, #over do under[#under + 1] = over[i] end
   return under
