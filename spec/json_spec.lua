@@ -66,6 +66,21 @@ describe("llamacpp.json", function()
     assert.has_error(function() json.encode(deep) end)
   end)
 
+  it("canonical: sorted keys at every depth, the same text whatever the table's history", function()
+    assert.equal('{"a":1,"b":{"x":[1,{"m":true,"n":null}],"y":"s"},"c":{}}',
+                 json.canonical{ c = {}, b = { y = "s", x = { 1, { n = json.null, m = true } } }, a = 1 })
+    -- the same keys inserted in other orders (and after deletions) give the same text
+    local t1, t2 = {}, {}
+    for i = 1, 50 do t1["k" .. i] = i end
+    for i = 50, 1, -1 do t2["k" .. i] = i end
+    t2.extra = 1
+    t2.extra = nil
+    assert.equal(json.canonical(t1), json.canonical(t2))
+    assert.same(t1, json.decode(json.canonical(t1)))
+    assert.equal('{"1.5":1,"x":2}', json.canonical{ [1.5] = 1, x = 2 })
+    assert.has_error(function() json.canonical{ f = function() end } end)
+  end)
+
   it("decodes, with nil and a message on bad input", function()
     assert.same({ a = { 1, 2 } }, json.decode('{"a":[1,2]}'))
     local v, msg = json.decode("{bad")

@@ -108,6 +108,7 @@ struct Transfer {
 LCPP_HIDDEN double lcpp_now (void);
 LCPP_HIDDEN int lcpp_core_now (lua_State *L);
 LCPP_HIDDEN int lcpp_core_sleep (lua_State *L);
+LCPP_HIDDEN int lcpp_core_hash (lua_State *L);
 
 /* error.c */
 LCPP_HIDDEN void lcpp_error_open (lua_State *L);

@@ -45,7 +45,7 @@ local function quote(s)
 end
 
 local floor, huge = math.floor, math.huge
-local concat, fmt, type, pairs, next = table.concat, string.format, type, pairs, next
+local concat, sort, fmt, type, pairs, next = table.concat, table.sort, string.format, type, pairs, next
 
 local function number(v)
   if v ~= v or v == huge or v == -huge then
@@ -71,7 +71,7 @@ local function arraylen(t)
   return n
 end
 
-local function encode_table(t, key, out, depth)
+local function encode_table(t, key, out, depth, sorted)
   if depth > 100 then error("cannot encode JSON nested deeper than 100", 0) end
   local mt = getmetatable(t)
   local empty = next(t) == nil
@@ -90,34 +90,38 @@ local function encode_table(t, key, out, depth)
     out[#out + 1] = "["
     for i = 1, n do
       if i > 1 then out[#out + 1] = "," end
-      encode_value(t[i], nil, out, depth + 1)
+      encode_value(t[i], nil, out, depth + 1, sorted)
     end
     out[#out + 1] = "]"
     return
   end
   out[#out + 1] = "{"
-  local first = true
-  for k, v in pairs(t) do
+  local keys, names = {}, {}       -- the keys, and their JSON names
+  for k in pairs(t) do
     local tk = type(k)
-    if tk == "number" then k = number(k)
-    elseif tk ~= "string" then
+    if tk ~= "number" and tk ~= "string" then
       error("cannot encode a " .. tk .. " key as JSON", 0)
     end
-    if not first then out[#out + 1] = "," end
-    first = false
-    out[#out + 1] = quote(k)
+    keys[#keys + 1] = k
+    names[k] = tk == "number" and number(k) or k
+  end
+  if sorted then sort(keys, function(x, y) return names[x] < names[y] end) end
+  for i = 1, #keys do
+    local k = keys[i]
+    if i > 1 then out[#out + 1] = "," end
+    out[#out + 1] = quote(names[k])
     out[#out + 1] = ":"
-    encode_value(v, k, out, depth + 1)
+    encode_value(t[k], names[k], out, depth + 1, sorted)
   end
   out[#out + 1] = "}"
 end
 
-encode_value = function(v, key, out, depth)
+encode_value = function(v, key, out, depth, sorted)
   local tv = type(v)
   if tv == "string" then out[#out + 1] = quote(v)
   elseif tv == "number" then out[#out + 1] = number(v)
   elseif tv == "boolean" then out[#out + 1] = v and "true" or "false"
-  elseif tv == "table" then encode_table(v, key, out, depth)
+  elseif tv == "table" then encode_table(v, key, out, depth, sorted)
   elseif v == nil or v == cjson.null then out[#out + 1] = "null"
   else
     error("cannot encode a " .. tv .. " as JSON" ..
@@ -170,6 +174,16 @@ function M.encode(v)
   if cjson_safe(v, 0) then return encoder.encode(v) end
   local out = {}
   encode_value(v, nil, out, 0)
+  return concat(out)
+end
+
+--- The same JSON text for the same value in every process: `encode`
+-- with each object's keys in sorted order (lua-cjson writes them in its
+-- table's order, which differs from one process to the next). For
+-- hashing, not for the wire.
+function M.canonical(v)
+  local out = {}
+  encode_value(v, nil, out, 0, true)
   return concat(out)
 end
 

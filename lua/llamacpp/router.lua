@@ -199,7 +199,12 @@ end
 
 
 --- The state of every deployment: name, provider, endpoint, inflight,
--- failures, cooling (seconds left), retry_after (seconds left), healthy.
+-- failures, cooling (seconds left), retry_after (seconds left), healthy;
+-- and what it answered: answered (requests), home and away (those of
+-- affinity tiers answered at the key's own deployment, or elsewhere:
+-- its home was down, cooling or full), cached_tokens and
+-- evaluated_tokens (prompt tokens the server read from its cache, and
+-- those it evaluated, as its answers said).
 function Router:status()
   local now = self.clock()
   local out = {}
@@ -210,6 +215,8 @@ function Router:status()
       cooling = rec.cool_until > now and rec.cool_until - now or nil,
       retry_after = rec.retry_at > now and rec.retry_at - now or nil,
       healthy = rec.healthy, health_error = rec.health_error,
+      answered = rec.answered, home = rec.home, away = rec.away,
+      cached_tokens = rec.cached_tokens, evaluated_tokens = rec.evaluated_tokens,
     }
   end
   return out

@@ -30,7 +30,7 @@ M.LOCAL_FIELDS = { system = true, messages = true, tier = true }
 
 -- Our options of every request (check_options), never passed through.
 local OPTIONS = { progress = true, thinking_budget = true, think_tags = true,
-                  resumable = true, conversation_id = true, resume = true }
+                  resumable = true, conversation_id = true, resume = true, session = true }
 M.OPTIONS = OPTIONS
 
 --- Checks the fields every provider reads; raises at the caller's line
@@ -83,6 +83,8 @@ end
 --   resumable        boolean: a stream that reattaches after a cut (llama-server)
 --   conversation_id  string: the id of a resumable stream (implies resumable)
 --   resume           {attempts =, within =}: how hard to try (implies resumable)
+--   session          string: the conversation's key for the router's affinity
+--                    strategy (never sent)
 function M.check_options(req)
   local p = req.progress
   if p ~= nil and type(p) ~= "boolean" then
@@ -102,6 +104,11 @@ function M.check_options(req)
   local tt = req.think_tags
   if tt ~= nil and tt ~= "split" and tt ~= "keep" then
     args.raise("bad request: 'think_tags' must be \"split\" or \"keep\" (got " .. tostring(tt) .. ")")
+  end
+  local sk = req.session
+  if sk ~= nil and (type(sk) ~= "string" or sk == "") then
+    args.raise("bad request: 'session' must be a non-empty string (got " ..
+               (type(sk) == "string" and '""' or type(sk)) .. ")")
   end
   M.resume_of(req)
 end

@@ -30,13 +30,22 @@ local DEPLOYMENT_FIELDS = {
 
 local ROUTER_OPTIONS = {
   tiers = "table", default_tier = "string", retries = "number",
-  backoff = "any", cooldown = "any", strategy = "string", health_check = "any",
+  backoff = "any", cooldown = "any", strategy = "string", epsilon = "number", health_check = "any",
   sleep = "callable", clock = "callable", random = "callable",
 }
 
-local STRATEGIES = { order = true, round_robin = true, least_busy = true, weighted = true }
+local STRATEGIES = { order = true, round_robin = true, least_busy = true, weighted = true, affinity = true }
+local STRATEGY_NAMES = "order, round_robin, least_busy, weighted, affinity"
+
 
 local callable, fail = args.callable, args.raise
+
+-- Bounded load's epsilon (affinity): a number >= 0.
+local function check_epsilon(v, where)
+  if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0 or v == math.huge) then
+    fail(where .. "'epsilon' must be a number >= 0 (got " .. tostring(v) .. ")")
+  end
+end
 
 local function default_sleep(s)
   if s > 0 then core.sleep(s * 1000) end
@@ -82,14 +91,17 @@ local function make_deployment(d, where, health)
   local ok, c = pcall(client_mod.new, copts)
   if not ok then fail(where .. ": " .. args.unplace(tostring(c))) end
   if d.weight ~= nil and d.weight < 0 then fail(where .. ": 'weight' must not be negative") end
+  local name = d.name or (kind .. "@" .. c.endpoint)
   local rec = {
-    name = d.name or (kind .. "@" .. c.endpoint),
+    name = name,
+    ring = name .. "\0" .. (d.model or ""),
     kind = kind,
     endpoint = c.endpoint,
     model = d.model,
     client = c,
     weight = d.weight or 1,
     params = d.params,
+    answered = 0, home = 0, away = 0, cached_tokens = 0, evaluated_tokens = 0,
     active = setmetatable({}, { __mode = "k" }),   -- plans with an attempt here (router/plan.lua)
     failures = 0, cool_until = -huge, retry_at = -huge,
   }
@@ -149,6 +161,7 @@ function M.build(opts)
     backoff = number_or_table(opts.backoff, "backoff", { base = 0.5, max = 8, max_retry_after = 60 }, "base"),
     cooldown = number_or_table(opts.cooldown, "cooldown", { failures = 3, period = 30 }, "period"),
     strategy = opts.strategy or "order",
+    epsilon = opts.epsilon or 0.25,
     sleep = opts.sleep or default_sleep,
     clock = opts.clock or default_clock,
     random = opts.random or math.random,
@@ -158,8 +171,9 @@ function M.build(opts)
     fail("option 'retries' must be a whole number >= 0")
   end
   if not STRATEGIES[self.strategy] then
-    fail("unknown strategy '" .. self.strategy .. "' (order, round_robin, least_busy, weighted)")
+    fail("unknown strategy '" .. self.strategy .. "' (" .. STRATEGY_NAMES .. ")")
   end
+  check_epsilon(opts.epsilon, "option ")
   if opts.health_check then
     self.health = number_or_table(opts.health_check, "health_check", { interval = 10, timeout = 2 }, "interval")
   end
@@ -178,18 +192,21 @@ function M.build(opts)
     local list = spec.deployments or spec
     if type(list) ~= "table" or #list == 0 then fail(where .. " has no deployments") end
     for k in pairs(spec) do
-      if type(k) ~= "number" and k ~= "deployments" and k ~= "strategy" and k ~= "fallback" then
+      if type(k) ~= "number" and k ~= "deployments" and k ~= "strategy" and k ~= "fallback"
+         and k ~= "epsilon" then
         fail(where .. ": unknown field '" .. tostring(k) .. "'")
       end
     end
     local strategy = spec.strategy or self.strategy
     if not STRATEGIES[strategy] then
-      fail(where .. ": unknown strategy '" .. tostring(strategy) .. "' (order, round_robin, least_busy, weighted)")
+      fail(where .. ": unknown strategy '" .. tostring(strategy) .. "' (" .. STRATEGY_NAMES .. ")")
     end
+    check_epsilon(spec.epsilon, where .. ": ")
     local fb = spec.fallback
     if type(fb) == "string" then fb = { fb } end
     if fb ~= nil and type(fb) ~= "table" then fail(where .. ".fallback must be a tier name or a list of them") end
-    local tier = { name = name, list = {}, strategy = strategy, fallback = fb or {}, rr = 0 }
+    local tier = { name = name, list = {}, strategy = strategy, fallback = fb or {}, rr = 0,
+                   epsilon = spec.epsilon or self.epsilon }
     for i = 1, #list do
       local d = list[i]
       local rec = type(d) == "table" and by_table[d]
@@ -199,6 +216,19 @@ function M.build(opts)
         self.deployments[#self.deployments + 1] = rec
       end
       tier.list[#tier.list + 1] = rec
+    end
+    if strategy == "affinity" then
+      -- a deployment's place on the ring is its name and model: the same in
+      -- every router made from the same configuration
+      local seen = {}
+      for i, rec in ipairs(tier.list) do
+        if seen[rec.ring] and seen[rec.ring] ~= rec then
+          fail(where .. "[" .. i .. "]: two deployments are named '" .. rec.name .. "'" ..
+               (rec.model and (" with model '" .. rec.model .. "'") or "") ..
+               ": affinity places deployments by name; give each a 'name'")
+        end
+        seen[rec.ring] = rec
+      end
     end
     self.tiers[name] = tier
   end

@@ -20,10 +20,12 @@
 local errors = require "llamacpp.errors"
 local args = require "llamacpp.args"
 local base = require "llamacpp.providers.base"
+local json = require "llamacpp.json"
+local hash = require("llamacpp.core").hash
 
-local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
-local min, max = math.min, math.max
-local concat, sort = table.concat, table.sort
+local type, pairs, ipairs, tostring, setmetatable, pcall = type, pairs, ipairs, tostring, setmetatable, pcall
+local min, max, ceil = math.min, math.max, math.ceil
+local concat, sort, fmt = table.concat, table.sort, string.format
 
 local M = {}
 
@@ -37,11 +39,61 @@ function M.inflight(rec)
   return n
 end
 
+--- The affinity key of a request: its `session` when given, else its
+-- stable prefix (model, system prompt, tools, the messages up to the
+-- first user message), as canonical JSON: the same text in every process.
+function M.affinity_key(req)
+  if req.session ~= nil then return "session\0" .. req.session end
+  local msgs, head = req.messages or {}, {}
+  for i = 1, #msgs do
+    head[i] = msgs[i]
+    if msgs[i].role == "user" then break end
+  end
+  -- a request JSON cannot hold fails when it is sent, with its reason
+  local ok, text = pcall(json.canonical, { model = req.model, system = req.system, tools = req.tools,
+                                            messages = head })
+  return "prefix\0" .. (ok and text or "")
+end
+
+-- Affinity: the tier's deployments by rendezvous hashing of the key (the
+-- highest hash of key and deployment first: deterministic without shared
+-- state; removing a deployment moves only its keys), then bounded load:
+-- those carrying ceil((1 + epsilon) * mean) of the tier's requests under
+-- way or more (the mean counting this one) go after the others, in ring
+-- order. The first before bounding is the key's home.
+local function affinity(plan, tier, out)
+  local list, n = tier.list, #tier.list
+  plan.akey = plan.akey or fmt("%.0f", hash(M.affinity_key(plan.req)))
+  local score, load, total = {}, {}, 0
+  for i = 1, n do
+    local rec = list[i]
+    out[i] = rec
+    score[rec] = hash(plan.akey .. "\0" .. rec.ring)
+    load[rec] = M.inflight(rec)
+    total = total + load[rec]
+  end
+  sort(out, function(a, b)
+    if score[a] ~= score[b] then return score[a] > score[b] end
+    return a.ring < b.ring
+  end)
+  if tier == plan.tier then plan.home = out[1] end
+  local cap = ceil((1 + tier.epsilon) * (total + 1) / n)
+  local under, over = {}, {}
+  for i = 1, n do
+    local rec = out[i]
+    if load[rec] < cap then under[#under + 1] = rec else over[#over + 1] = rec end
+  end
+  for i = 1, #over do under[#under + 1] = over[i] end
+  return under
+end
+
 -- The deployments of one tier in the order its strategy gives.
-local function order(router, tier)
+local function order(plan, tier)
+  local router = plan.router
   local list, n = tier.list, #tier.list
   local out = {}
   local s = tier.strategy
+  if s == "affinity" then return affinity(plan, tier, out) end
   if s == "round_robin" then
     local start = tier.rr % n
     tier.rr = tier.rr + 1
@@ -71,12 +123,13 @@ end
 
 -- The tier and its fallbacks, in order, each deployment once:
 -- array of { rec =, tier = name }.
-local function chain(router, tier)
+local function chain(plan)
+  local router = plan.router
   local out, seen_tier, seen = {}, {}, {}
   local function add(t)
     if seen_tier[t] then return end
     seen_tier[t] = true
-    for _, rec in ipairs(order(router, t)) do
+    for _, rec in ipairs(order(plan, t)) do
       if not seen[rec] then
         seen[rec] = true
         out[#out + 1] = { rec = rec, tier = t.name }
@@ -84,7 +137,7 @@ local function chain(router, tier)
     end
     for _, f in ipairs(t.fallback) do add(router.tiers[f]) end
   end
-  add(tier)
+  add(plan.tier)
   return out
 end
 
@@ -115,8 +168,9 @@ end
 -- The deployments to try in one pass: those free to take a request;
 -- when there are none, those cooling down or unhealthy (better than no
 -- answer). Deployments asked to wait (Retry-After) are never included.
-local function candidates(router, tier, check)
-  local all = chain(router, tier)
+local function candidates(plan)
+  local router, check = plan.router, plan.check
+  local all = chain(plan)
   local now = router.clock()
   local ready, resort = {}, {}
   for _, it in ipairs(all) do
@@ -269,7 +323,7 @@ function Plan:next()
     end
     self.waited = false
     self.pass = self.pass + 1
-    self.queue, self.chain = candidates(r, self.tier, self.check)
+    self.queue, self.chain = candidates(self)
     self.qi = 1
   end
 end
@@ -291,11 +345,28 @@ end
 -- server process died): not retryable on it, but the next one is tried.
 local DEPLOYMENT_FAULTS = { model_not_found = true, model_not_loaded = true, model_failed = true }
 
+-- An answer's figures, per deployment (router:status()): answered, and
+-- for affinity tiers whether at the key's home; the prompt tokens the
+-- server read from its cache and those it evaluated.
+local function count(plan, rec, res)
+  rec.answered = rec.answered + 1
+  if plan.home then
+    if rec == plan.home then rec.home = rec.home + 1 else rec.away = rec.away + 1 end
+  end
+  local st = res.stats
+  if st and type(st.input_tokens) == "number" then
+    local cached = type(st.cached_tokens) == "number" and st.cached_tokens or 0
+    rec.cached_tokens = rec.cached_tokens + cached
+    rec.evaluated_tokens = rec.evaluated_tokens + max(0, st.input_tokens - cached)
+  end
+end
+
 function Plan:outcome(it, err, res)
   self:close()
   local rec = it.rec
   if err == nil then
     rec.failures = 0
+    count(self, rec, res)
     label(res, it).attempts = self.attempts
     return "done"
   end
@@ -334,7 +405,7 @@ function Plan:delay()
   local d = r.random() * min(b.max, b.base * 2 ^ (self.pass - 1))
   local now = r.clock()
   local earliest
-  for _, it in ipairs(self.chain or chain(r, self.tier)) do
+  for _, it in ipairs(self.chain or chain(self)) do
     local at = it.rec.retry_at
     if at <= now then return d end
     earliest = earliest and min(earliest, at) or at
