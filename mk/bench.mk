@@ -3,7 +3,9 @@
 #                     run every case against every alternative, print the table;
 #                     then bench/loop.lua: the event-loop figures (Neovim's loop
 #                     while a stream arrives, beside an idle Neovim; a stalled
-#                     stream on luv; the fixture server), each with its goal
+#                     stream on luv; the fixture server), each with its goal;
+#                     then bench/affinity.lua: the prompt units K caching fake
+#                     servers evaluate under each router strategy (issue 18)
 #   make bench-smoke  the same harnesses at small sizes (a few seconds); fails
 #                     only if a client lost bytes, a request failed or a case
 #                     could not run, never on a missed goal
@@ -41,10 +43,12 @@ bench-node:
 	  echo "bench: npm ci failed: the Node column will be skipped"; fi
 
 bench: bench-build bench-node
-	@s=0; lua5.4 bench/run.lua || s=1; lua5.4 bench/loop.lua || s=1; exit $$s
+	@s=0; lua5.4 bench/run.lua || s=1; lua5.4 bench/loop.lua || s=1; \
+	lua5.4 bench/affinity.lua || s=1; exit $$s
 
 bench-smoke: bench-build
 	@s=0; lua5.4 bench/run.lua --smoke --out $(BENCH_OUT)/smoke.md || s=1; \
-	lua5.4 bench/loop.lua --smoke --out $(BENCH_OUT)/loop-smoke.md || s=1; exit $$s
+	lua5.4 bench/loop.lua --smoke --out $(BENCH_OUT)/loop-smoke.md || s=1; \
+	lua5.4 bench/affinity.lua --smoke || s=1; exit $$s
 
 .PHONY: bench bench-build bench-node bench-smoke

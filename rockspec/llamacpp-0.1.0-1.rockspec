@@ -47,6 +47,7 @@ build = {
     ["llamacpp.testing"] = "lua/llamacpp/testing.lua",
     ["llamacpp.testing.render"] = "lua/llamacpp/testing/render.lua",
     ["llamacpp.testing.models"] = "lua/llamacpp/testing/models.lua",
+    ["llamacpp.testing.cache"] = "lua/llamacpp/testing/cache.lua",
     ["llamacpp.testing.server"] = "lua/llamacpp/testing/server.lua",
     ["llamacpp.router"] = "lua/llamacpp/router.lua",
     ["llamacpp.router.config"] = "lua/llamacpp/router/config.lua",

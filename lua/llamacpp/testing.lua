@@ -82,12 +82,65 @@ end
 local Server = {}
 Server.__index = Server
 
+-- The options of a caching server, checked: a JSON text for --cache.
+local CACHE_KEYS = { slots = true, per_token = true, similarity = true, words = true }
+local function cache_arg(c)
+  args.check(type(c) == "table", 1, "start", "'cache' must be a table")
+  for k in pairs(c) do
+    args.check(CACHE_KEYS[k], 1, "start", "unknown cache option '" .. tostring(k) ..
+               "' (slots, per_token, similarity, words)")
+  end
+  local function int(name, v)
+    args.check(v == nil or (type(v) == "number" and v >= 1 and v == math.floor(v)), 1, "start",
+               "cache." .. name .. " must be a whole number >= 1")
+  end
+  int("slots", c.slots)
+  int("words", c.words)
+  args.check(c.per_token == nil or (type(c.per_token) == "number" and c.per_token >= 0), 1, "start",
+             "cache.per_token must be a number >= 0 (seconds)")
+  args.check(c.similarity == nil or (type(c.similarity) == "number" and c.similarity >= 0
+             and c.similarity <= 1), 1, "start", "cache.similarity must be a number from 0 to 1")
+  return cjson.encode{ slots = c.slots or 4, per_token = c.per_token or 0,
+                       similarity = c.similarity or 0.1, words = c.words or 2 }
+end
+
 --- Starts a server.
 -- opts.dirs: directories of NAME.response files searched after the scratch directory;
 -- opts.idle: seconds without activity after which the server exits (default 120);
--- opts.quiet: log only aborts and missing fixtures (for soak runs).
+-- opts.quiet: log only aborts and missing fixtures (for soak runs);
+-- opts.cache: the server keeps a prompt cache as llama-server does (below).
+--
+-- With `cache = {slots =, per_token =, similarity =, words =}` (all
+-- optional) the server caches prompts like llama-server
+-- (llamacpp.testing.cache says exactly how): it has `slots` slots
+-- (default 4), each holding the last prompt it served as a list of units
+-- (the fake's tokens: the words of the rendered conversation, "<|ROLE|>"
+-- before each message, "<|tools|>" and the tools' JSON words first,
+-- "<|assistant|>" last). A chat or completion takes the idle slot whose
+-- prompt shares the longest common prefix with it, as a fraction of its
+-- length above `similarity` (llama-server's --slot-prompt-similarity,
+-- default 0.1), else the least recently used idle one (waiting while
+-- all are busy); its answer reports `timings.cache_n` = that common
+-- prefix (less one when the whole prompt is cached: the last unit is
+-- always evaluated), `prompt_n` = the rest, `usage.prompt_tokens` = the
+-- whole prompt and `usage.prompt_tokens_details.cached_tokens` =
+-- cache_n, streamed or not; `cache_prompt = false` in the request: no
+-- cache. Then the slot holds the prompt followed by the answer's words.
+-- The answer waits `per_token` × prompt_n seconds before its first byte
+-- (default 0: the cost of evaluating the prompt; timings.prompt_ms says
+-- the same). A request with no reply queued gets a default answer
+-- instead of the 500: content "ok N" (N: the request's number on
+-- `srv.endpoint`), padded with filler words to `words` words (default
+-- 2), and `{"status":"ok"}` on .../health. Queued replies still come
+-- first and get the cache figures too (unless they give prompt_tokens
+-- or cached_tokens themselves). The figures of each answer are in the
+-- log (records with event "cache": slot, selected = "similarity" or
+-- "lru", similarity, cache_n, prompt_n, prompt_tokens, waited, request =
+-- the seq of its request record), on `srv:requests()` as `r.cache`, and
+-- summed by `srv:cache_totals()`.
 function M.start(opts)
   opts = opts or {}
+  local cache_json = opts.cache ~= nil and cache_arg(opts.cache) or nil
   -- A fresh scratch directory for srv:write(), searched first.
   local scratch = os.tmpname()
   os.remove(scratch)
@@ -100,6 +153,7 @@ function M.start(opts)
   end
   if opts.idle then cmd[#cmd + 1] = "--idle " .. q(opts.idle) end
   if opts.quiet then cmd[#cmd + 1] = "--quiet" end
+  if cache_json then cmd[#cmd + 1] = "--cache " .. q(cache_json) end
   local proc = assert(io.popen(table.concat(cmd, " "), "r"))
   local line = proc:read("*l")
   local port = tonumber(line and line:match("^PORT (%d+)") or "")
@@ -216,10 +270,12 @@ function Server:log(since)
 end
 
 --- The requests received (after log record `since`), in order: {method,
--- path, headers, body, json}, `json` being the body decoded when it is
--- JSON (else nil).
+-- path, headers, body, json, cache}, `json` being the body decoded when
+-- it is JSON (else nil), `cache` the cache figures of its answer on a
+-- caching server (see start: {slot, selected, similarity, cache_n,
+-- prompt_n, prompt_tokens, waited}; nil for other answers).
 function Server:requests(since)
-  local out = {}
+  local out, by_seq = {}, {}
   for _, r in ipairs(self:log(since)) do
     if r.event == "request" then
       if type(r.body) == "string" and r.body ~= "" then
@@ -227,9 +283,29 @@ function Server:requests(since)
         if ok then r.json = v end
       end
       out[#out + 1] = r
+      by_seq[r.seq] = r
+    elseif r.event == "cache" and by_seq[r.request] then
+      by_seq[r.request].cache = r
     end
   end
   return out
+end
+
+--- The cache figures of a caching server's answers (after log record
+-- `since`), summed: {answers, prompt_tokens, cache_n, prompt_n, lru
+-- (answers whose slot was chosen as least recently used)}.
+function Server:cache_totals(since)
+  local t = { answers = 0, prompt_tokens = 0, cache_n = 0, prompt_n = 0, lru = 0 }
+  for _, r in ipairs(self:log(since)) do
+    if r.event == "cache" then
+      t.answers = t.answers + 1
+      t.prompt_tokens = t.prompt_tokens + r.prompt_tokens
+      t.cache_n = t.cache_n + r.cache_n
+      t.prompt_n = t.prompt_n + r.prompt_n
+      if r.selected == "lru" then t.lru = t.lru + 1 end
+    end
+  end
+  return t
 end
 
 -- Write NAME.response into the scratch directory (the server re-reads it per request).

@@ -83,7 +83,8 @@ function M.response(reply, req, n)
                   completion_tokens = reply.completion_tokens or (#tokens + #reasoning + #calls),
                   prompt_tokens_details = { cached_tokens = cached } }
   usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-  local timings = { cache_n = cached, prompt_n = usage.prompt_tokens - cached, prompt_ms = 1.0,
+  local timings = { cache_n = cached, prompt_n = usage.prompt_tokens - cached,
+                    prompt_ms = reply.prompt_ms or 1.0,
                     predicted_n = usage.completion_tokens, predicted_ms = 1.0 }
   timings.prompt_per_second = timings.prompt_n * 1000 / timings.prompt_ms
   timings.predicted_per_second = timings.predicted_n * 1000 / timings.predicted_ms
