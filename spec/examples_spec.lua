@@ -145,6 +145,20 @@ describe("examples", function()
     assert.equal(12 * 441, cached)
   end)
 
+  it("context.lua says the window, the request's size and what is left", function()
+    local fake = require("llamacpp.testing").start{ cache = { n_ctx = 300 } }
+    local code, out, err = run("examples/context.lua", { LLAMACPP_ENDPOINT = fake.endpoint }, { "one two three" })
+    assert.equal(0, code, err)
+    local window, used, left = out:match("window (%d+) tokens; this request (%d+); left for the answer (%-?%d+)")
+    assert.equal("300", window)
+    assert.equal(300 - tonumber(used), tonumber(left))
+    assert.matches("%[the server read " .. used .. " prompt tokens%]", out)
+    local code2, out2 = run("examples/context.lua", { LLAMACPP_ENDPOINT = fake.endpoint }, { ("word "):rep(100) })
+    assert.equal(2, code2)
+    assert.matches("too long", out2)
+    fake:stop()
+  end)
+
   it("router.lua falls back and says who answered", function()
     local code, out = run("examples/router.lua", {
       LLAMACPP_ENDPOINT = "http://127.0.0.1:" .. util.closed_port(),

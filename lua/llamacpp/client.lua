@@ -368,6 +368,11 @@ end
 -- with the list of models (one GET /v1/models when none is known yet).
 local function request(io, self, method, path, body, raw, parse, model, extra)
   local res, err = io.request(self, method, path, body, raw, parse, extra)
+  if res == nil and err and err.code == "exceed_context_size_error" and err.n_ctx then
+    -- the window the server has now (restarted with another -c?)
+    local known = private[self].n_ctx
+    if known then known[type(body) == "table" and body.model or self.model or ""] = err.n_ctx end
+  end
   if res == nil and err and MODEL_CODES[err.code] then
     local priv = private[self]
     if not priv.served and (err.code == "model_required" or err.code == "model_not_found") then
@@ -1221,6 +1226,92 @@ end
 -- request (system first, as in chat).
 -- @within Client
 function Client:apply_template(req) return steps.apply_template(blocking, self, req) end
+
+-- {=== the context window ===
+
+function steps.count_tokens(io, self, req)
+  args.check(type(req) == "table", 1, "count_tokens", args.expected("table", req))
+  check_stream_flag(req, "count_tokens", false)
+  local p = self.provider
+  if not p.count_path then
+    args.check(false, 1, "count_tokens", p.label .. " has no endpoint that counts a request's tokens" ..
+               " (llama-server and Anthropic have one)")
+  end
+  local body = p.chat_body(req, false, self.model)
+  body.max_tokens, body.stream = nil, nil
+  if p.count_fields then
+    for k in pairs(body) do if not p.count_fields[k] then body[k] = nil end end
+  end
+  local obj, err = request(io, self, "POST", p.count_path, body)
+  if not obj then return nil, err end
+  if type(obj) ~= "table" or type(obj.input_tokens) ~= "number" then
+    return base.bad_answer("no input_tokens in the answer", obj)
+  end
+  return math.floor(obj.input_tokens)
+end
+
+--- The input tokens of a chat request (messages, system, tools; the chat
+-- template's own tokens included), counted by the server without running
+-- it: llama-server's `POST /v1/chat/completions/input_tokens`, Anthropic's
+-- `POST /v1/messages/count_tokens`. Other providers have no such endpoint:
+-- this raises rather than guess.
+-- @within Client
+-- @tparam table req as for @{Client:chat}
+-- @treturn integer|nil
+-- @return[2] nil, Error
+function Client:count_tokens(req) return steps.count_tokens(blocking, self, req) end
+
+local CONTEXT_OPTS = { model = "string", refresh = "boolean", autoload = "boolean" }
+
+function steps.context_size(io, self, opts)
+  if opts == nil then opts = {} end
+  args.check(type(opts) == "table", 1, "context_size", args.expected("table", opts))
+  for k, v in pairs(opts) do
+    args.check(CONTEXT_OPTS[k] ~= nil, 1, "context_size", "unknown option '" .. tostring(k) .. "'")
+    args.check(type(v) == CONTEXT_OPTS[k], 1, "context_size",
+               "'" .. k .. "' must be a " .. CONTEXT_OPTS[k] .. " (got " .. type(v) .. ")")
+  end
+  if self.provider.name ~= "llamacpp" then
+    args.check(false, 1, "context_size", self.provider.label .. " does not say its context size" ..
+               " (llama-server's /props does)")
+  end
+  local model = opts.model
+  if model == nil then model = self.model end
+  local priv = private[self]
+  local known = priv.n_ctx
+  if not known then
+    known = {}
+    priv.n_ctx = known
+  end
+  local key = model or ""
+  if known[key] and not opts.refresh then return known[key] end
+  local obj, err = get(io, self, "/props", { model = model, autoload = opts.autoload }, "context_size")
+  if not obj then return nil, err end
+  local dgs = type(obj) == "table" and obj.default_generation_settings
+  local n = type(dgs) == "table" and dgs.n_ctx
+  if type(obj) == "table" and obj.role == "router" then
+    return nil, explain(errors.new("http", "llama-server answered /props as a router, not as a model",
+                                   { code = "model_required", retryable = false }), nil, priv.served)
+  end
+  if type(n) ~= "number" or n <= 0 then
+    return base.bad_answer("no default_generation_settings.n_ctx in /props", obj)
+  end
+  known[key] = math.floor(n)
+  return known[key]
+end
+
+--- The context window of a slot, in tokens: llama-server's /props
+-- `default_generation_settings.n_ctx` (on a router-mode server, that of
+-- opts.model, else the client's model). Asked once per client and model,
+-- then remembered; `refresh = true` asks again (a server restarted with
+-- another `-c`). opts: model, refresh, autoload (as for @{Client:props}).
+-- @within Client
+-- @tparam[opt] table opts
+-- @treturn integer|nil
+-- @return[2] nil, Error
+function Client:context_size(opts) return steps.context_size(blocking, self, opts) end
+
+-- }===
 
 function steps.embeddings(io, self, input, opts)
   args.check(type(input) == "string" or type(input) == "table", 1, "embeddings",

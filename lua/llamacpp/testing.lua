@@ -83,12 +83,12 @@ local Server = {}
 Server.__index = Server
 
 -- The options of a caching server, checked: a JSON text for --cache.
-local CACHE_KEYS = { slots = true, per_token = true, similarity = true, words = true }
+local CACHE_KEYS = { slots = true, per_token = true, similarity = true, words = true, n_ctx = true }
 local function cache_arg(c)
   args.check(type(c) == "table", 1, "start", "'cache' must be a table")
   for k in pairs(c) do
     args.check(CACHE_KEYS[k], 1, "start", "unknown cache option '" .. tostring(k) ..
-               "' (slots, per_token, similarity, words)")
+               "' (slots, per_token, similarity, words, n_ctx)")
   end
   local function int(name, v)
     args.check(v == nil or (type(v) == "number" and v >= 1 and v == math.floor(v)), 1, "start",
@@ -96,12 +96,13 @@ local function cache_arg(c)
   end
   int("slots", c.slots)
   int("words", c.words)
+  int("n_ctx", c.n_ctx)
   args.check(c.per_token == nil or (type(c.per_token) == "number" and c.per_token >= 0), 1, "start",
              "cache.per_token must be a number >= 0 (seconds)")
   args.check(c.similarity == nil or (type(c.similarity) == "number" and c.similarity >= 0
              and c.similarity <= 1), 1, "start", "cache.similarity must be a number from 0 to 1")
   return cjson.encode{ slots = c.slots or 4, per_token = c.per_token or 0,
-                       similarity = c.similarity or 0.1, words = c.words or 2 }
+                       similarity = c.similarity or 0.1, words = c.words or 2, n_ctx = c.n_ctx or 4096 }
 end
 
 --- Starts a server.
@@ -110,7 +111,7 @@ end
 -- opts.quiet: log only aborts and missing fixtures (for soak runs);
 -- opts.cache: the server keeps a prompt cache as llama-server does (below).
 --
--- With `cache = {slots =, per_token =, similarity =, words =}` (all
+-- With `cache = {slots =, per_token =, similarity =, words =, n_ctx =}` (all
 -- optional) the server caches prompts like llama-server
 -- (llamacpp.testing.cache says exactly how): it has `slots` slots
 -- (default 4), each holding the last prompt it served as a list of units
@@ -138,6 +139,13 @@ end
 -- "lru", similarity, cache_n, prompt_n, prompt_tokens, waited, request =
 -- the seq of its request record), on `srv:requests()` as `r.cache`, and
 -- summed by `srv:cache_totals()`.
+-- Its window is `n_ctx` units per slot (default 4096): `/props` says so
+-- (`default_generation_settings.n_ctx`, `total_slots`), a generation
+-- whose prompt has more units is refused as llama-server refuses it (400
+-- `exceed_context_size_error` with `n_prompt_tokens` and `n_ctx`), and
+-- `POST /v1/chat/completions/input_tokens` (and Anthropic's
+-- `/v1/messages/count_tokens`) answers `{"input_tokens": N}`, N the units
+-- the same request would have as a prompt.
 function M.start(opts)
   opts = opts or {}
   local cache_json = opts.cache ~= nil and cache_arg(opts.cache) or nil

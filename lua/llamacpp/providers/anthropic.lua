@@ -26,6 +26,10 @@ local base = require "llamacpp.providers.base"
 local M = base.provider{
   name = "anthropic", chat_path = "/v1/messages", default_endpoint = "https://api.anthropic.com",
   version = "2023-06-01",     -- the anthropic-version header
+  -- counts a request's input tokens; takes only these fields of the body
+  count_path = "/v1/messages/count_tokens",
+  count_fields = { model = true, messages = true, system = true, tools = true, tool_choice = true,
+                   thinking = true, mcp_servers = true },
 }
 
 local type, pairs, ipairs, next, concat = type, pairs, ipairs, next, table.concat

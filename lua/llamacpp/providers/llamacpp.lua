@@ -13,6 +13,10 @@
 --                            shape reach feed() as their text, name == true
 --   headers(key)             -> array of "Name: value" lines (auth & co.)
 --   chat_body(req, stream, model) -> the JSON body as a table
+--   count_path, count_fields optional: where a chat body is sent to count its
+--                            input tokens ({"input_tokens": n}), and the body
+--                            fields that endpoint takes (nil: all but
+--                            max_tokens and stream)
 --   parse_chat(obj)          -> result table | nil, Error
 --   decoder(opts)            -> d with d:feed(data, event_name, push) -> Error|nil,
 --                               d.finished (terminator seen), d:partial(), d:done();

@@ -170,6 +170,9 @@ function M.variant(spec)
   -- llama-server keeps a stream sent with X-Conversation-Id and serves it
   -- again from any byte (GET /v1/stream/ID?from=N): client.lua resumes
   P.resumable = llama or nil
+  -- llama-server counts a chat request's prompt tokens (template and tools
+  -- included) without running it
+  P.count_path = llama and "/v1/chat/completions/input_tokens" or nil
 
   --- Why this server cannot take req (nil when it can): only llama-server
   -- has a standard switch and budget for reasoning.
