@@ -1,7 +1,7 @@
--- How much of the context window a conversation uses: the window of a slot
--- (llama-server's /props), the exact size of a request (counted by the
--- server without running it), and what is left for the answer.
---   lua5.4 examples/context.lua ["your prompt"]
+-- A conversation kept inside the context window: the window of a slot
+-- (llama-server's /props), and before each turn the history fitted to it
+-- (client:fit: counted by the server, the oldest turns left out).
+--   lua5.4 examples/context.lua ["first prompt" "second prompt" ...]
 -- LLAMACPP_ENDPOINT (default http://127.0.0.1:8080), LLAMA_API_KEY if the
 -- server was started with --api-key, LLAMACPP_MODEL on a router-mode server.
 
@@ -26,16 +26,21 @@ local function check(x, err)
 end
 
 local window = check(c:context_size())
-local req = { system = "You are concise.",
-              messages = { { role = "user", content = arg and arg[1] or "Write a haiku about Lua." } },
-              max_tokens = 256 }
-local used = check(c:count_tokens(req))
-print(string.format("window %d tokens; this request %d; left for the answer %d (max_tokens %d)",
-                    window, used, window - used, req.max_tokens))
-if used + req.max_tokens > window then
-  print("too long: drop old turns before sending it")
-  os.exit(2)
+print(string.format("window: %d tokens per slot", window))
+
+-- Each argument is a turn of one conversation. The whole history is kept
+-- here; what is sent is fitted to the window (oldest turns dropped, the
+-- system prompt and the question kept), counted by the server.
+local history = {}
+local prompts = arg and #arg > 0 and arg or { "Write a haiku about Lua.", "Another, about C." }
+for _, prompt in ipairs(prompts) do
+  history[#history + 1] = { role = "user", content = prompt }
+  local req = { system = "You are concise.", messages = history, max_tokens = 64 }
+  local fitted, info = c:fit(req)
+  check(fitted, info)
+  print(string.format("[sending %d tokens of %d budget; %d of %d messages left out]",
+                      info.input_tokens, info.budget, info.dropped, #history))
+  local res = check(c:chat(fitted))
+  print(res.content)
+  history[#history + 1] = { role = "assistant", content = res.content }
 end
-local res = check(c:chat(req))
-print(res.content)
-print(string.format("[the server read %d prompt tokens]", res.usage.input_tokens))

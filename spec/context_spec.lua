@@ -97,7 +97,7 @@ describe("the context window", function()
   describe("context_size", function()
     it("reads n_ctx from /props once, then remembers it; refresh asks again", function()
       local c = llamacpp.new{ endpoint = srv:replay("props") }
-      local since = #srv:log()
+      local since = util.last_seq(srv)
       assert.equal(1024, c:context_size())
       assert.equal(1024, c:context_size())
       assert.equal(1, util.hits(srv, "/props", "GET", since))
@@ -151,6 +151,145 @@ describe("the context window", function()
       local c = llamacpp.new{ endpoint = srv.url }
       assert.error_matches(function() c:context_size{ modle = "x" } end, "unknown option 'modle'")
       assert.error_matches(function() c:context_size{ refresh = 1 } end, "'refresh' must be a boolean")
+    end)
+  end)
+
+  describe("fit", function()
+    local f, c
+    before_each(function()
+      f = testing.start{ cache = { slots = 2, n_ctx = 300 } }
+      c = llamacpp.new{ endpoint = f.endpoint }
+    end)
+    after_each(function() f:stop() end)
+
+    local function counts(since)
+      local n = 0
+      for _, r in ipairs(f:requests(since)) do
+        if r.path:find("/input_tokens$") then n = n + 1 end
+      end
+      return n
+    end
+
+    -- turn i of a conversation with tools: every third asks for a tool
+    local function add_turn(msgs, i)
+      msgs[#msgs + 1] = { role = "user", content = "question " .. i .. (" about this"):rep(3) }
+      if i % 3 == 0 then
+        msgs[#msgs + 1] = { role = "assistant", content = "", tool_calls = { { id = "call" .. i, type = "function",
+          ["function"] = { name = "add", arguments = '{"a":' .. i .. ',"b":1}' } } } }
+        msgs[#msgs + 1] = { role = "tool", tool_call_id = "call" .. i, content = tostring(i + 1) }
+      end
+      msgs[#msgs + 1] = { role = "assistant", content = "answer " .. i .. (" indeed"):rep(4) }
+    end
+
+    -- the invariants of a fitted history
+    local function check_fitted(msgs)
+      assert.equal("system", msgs[1].role)
+      assert.equal("user", msgs[2].role)                           -- turns start with the user
+      for i, m in ipairs(msgs) do
+        if m.role == "tool" then                                   -- its call is right before it
+          local j = i - 1
+          while msgs[j].role == "tool" do j = j - 1 end
+          assert.equal("assistant", msgs[j].role)
+          local ids = {}
+          for _, tc in ipairs(msgs[j].tool_calls or {}) do ids[tc.id] = true end
+          assert.is_true(ids[m.tool_call_id], "tool result " .. tostring(m.tool_call_id) .. " without its call")
+        end
+      end
+    end
+
+    it("keeps a 40-turn conversation with tool calls inside the window on every turn", function()
+      local msgs = { { role = "system", content = "You are terse." } }
+      local dropped_some = false
+      for i = 1, 40 do
+        add_turn(msgs, i)
+        msgs[#msgs] = nil                                          -- the answer comes from the server
+        local req = { messages = msgs, tools = TOOLS, max_tokens = 20 }
+        local since = util.last_seq(f)
+        local fitted, info = assert(c:fit(req))
+        assert.is_true(info.input_tokens <= info.budget)
+        assert.equal(300 - 20 - 16, info.budget)
+        assert.is_true(counts(since) <= 3, "counted " .. counts(since) .. " times at turn " .. i)
+        check_fitted(fitted.messages)
+        assert.equal(msgs[#msgs], fitted.messages[#fitted.messages])  -- the question is kept
+        if info.dropped > 0 then dropped_some = true end
+        local res = assert(c:chat(fitted))                         -- the server takes it
+        assert.equal(info.input_tokens, res.stats.input_tokens)
+        msgs[#msgs + 1] = { role = "assistant", content = res.content }
+      end
+      assert.is_true(dropped_some)
+      assert.equal(40, #(function() local q = {} for _, m in ipairs(msgs) do
+        if m.role == "user" then q[#q + 1] = m end end return q end)())   -- the caller's history is untouched
+    end)
+
+    it("keeps the first turns when asked, and hands the dropped ones to summarize", function()
+      local msgs = { { role = "system", content = "You are terse." } }
+      for i = 1, 20 do add_turn(msgs, i) end
+      msgs[#msgs + 1] = { role = "user", content = "and now?" }
+      local seen
+      local fitted, info = assert(c:fit({ messages = msgs, max_tokens = 20 }, { keep_first = 1,
+        summarize = function(gone) seen = gone return "Earlier: " .. #gone .. " messages." end }))
+      assert.equal("question 1 about this about this about this", fitted.messages[2].content)
+      assert.equal(msgs[3], fitted.messages[3])
+      assert.equal(info.dropped, #seen)
+      assert.equal("question 2 about this about this about this", seen[1].content)
+      assert.matches("^You are terse%.\n\nEarlier: %d+ messages%.$", fitted.messages[1].content)
+      check_fitted(fitted.messages)
+    end)
+
+    it("says when what must be kept does not fit", function()
+      local msgs = { { role = "system", content = "You are terse." },
+                     { role = "user", content = "hi" }, { role = "assistant", content = "hello" },
+                     { role = "user", content = ("long "):rep(400) } }
+      local r, err = c:fit{ messages = msgs, max_tokens = 20 }
+      assert.is_nil(r)
+      assert.equal("context", err.kind)
+      assert.equal("does_not_fit", err.code)
+      assert.is_true(err.input_tokens > err.budget)
+      assert.matches("does not fit", err.message)
+    end)
+
+    it("on_overflow = 'trim' fits a refused chat to the window and sends it once more", function()
+      local msgs = { { role = "system", content = "You are terse." } }
+      for i = 1, 30 do add_turn(msgs, i) end
+      msgs[#msgs + 1] = { role = "user", content = "and now?" }
+      local res, err = c:chat{ messages = msgs, max_tokens = 20 }
+      assert.is_nil(res)
+      assert.equal("exceed_context_size_error", err.code)
+      local since = util.last_seq(f)
+      res = assert(c:chat{ messages = msgs, max_tokens = 20, on_overflow = "trim" })
+      assert.is_true(res.trimmed.dropped > 0)
+      assert.is_true(res.trimmed.input_tokens <= 300 - 20 - 16)
+      assert.equal(res.trimmed.input_tokens, res.stats.input_tokens)
+      local posts = 0
+      for _, r in ipairs(f:requests(since)) do
+        if r.path:find("/chat/completions$") then posts = posts + 1 end
+        assert.is_nil(cjson.decode(r.body).on_overflow)
+      end
+      assert.equal(2, posts)                                       -- refused, then fitted
+      -- through a router (each deployment's own window), and on the loop
+      local router = require "llamacpp.router"
+      local r = router.new{ tiers = { x = { { endpoint = f.endpoint } } } }
+      assert.is_true(assert(r:chat{ messages = msgs, max_tokens = 20, on_overflow = "trim" }).trimmed.dropped > 0)
+      assert.error_matches(function() r:chat_stream{ messages = msgs, on_overflow = "trim" } end,
+                           "is for whole answers")
+      assert.error_matches(function() c:chat_stream{ messages = msgs, on_overflow = "trim" } end,
+                           "is for whole answers %(chat%): fit a stream's request first")
+      assert.error_matches(function() c:chat{ messages = msgs, on_overflow = "cut" } end,
+                           "'on_overflow' must be \"error\" or \"trim\"")
+      if has_luv then
+        local luv, got = require "luv", nil
+        require("llamacpp.uv").chat(c, { messages = msgs, max_tokens = 20, on_overflow = "trim" },
+                                    function(x, e) got = x or e end)
+        local deadline = os.time() + 30
+        while not got do luv.run("once"); assert(os.time() < deadline, "the loop's chat did not end") end
+        assert.is_true(got.trimmed.dropped > 0, tostring(got.message))
+      end
+    end)
+
+    it("refuses bad options", function()
+      assert.error_matches(function() c:fit({ messages = {} }, { keep = 1 }) end, "unknown option 'keep'")
+      assert.error_matches(function() c:fit({ messages = {} }, { keep_first = -1 }) end, "whole number >= 0")
+      assert.error_matches(function() c:fit({ messages = {} }, { budget = "x" }) end, "'budget' must be a number")
     end)
   end)
 

@@ -145,17 +145,23 @@ describe("examples", function()
     assert.equal(12 * 441, cached)
   end)
 
-  it("context.lua says the window, the request's size and what is left", function()
-    local fake = require("llamacpp.testing").start{ cache = { n_ctx = 300 } }
-    local code, out, err = run("examples/context.lua", { LLAMACPP_ENDPOINT = fake.endpoint }, { "one two three" })
+  it("context.lua keeps a conversation inside the window", function()
+    local fake = require("llamacpp.testing").start{ cache = { n_ctx = 150, words = 10 } }
+    local prompts = {}
+    for i = 1, 12 do prompts[i] = "question " .. i .. (" padding"):rep(8) end
+    local code, out, err = run("examples/context.lua", { LLAMACPP_ENDPOINT = fake.endpoint }, prompts)
     assert.equal(0, code, err)
-    local window, used, left = out:match("window (%d+) tokens; this request (%d+); left for the answer (%-?%d+)")
-    assert.equal("300", window)
-    assert.equal(300 - tonumber(used), tonumber(left))
-    assert.matches("%[the server read " .. used .. " prompt tokens%]", out)
-    local code2, out2 = run("examples/context.lua", { LLAMACPP_ENDPOINT = fake.endpoint }, { ("word "):rep(100) })
-    assert.equal(2, code2)
-    assert.matches("too long", out2)
+    assert.matches("window: 150 tokens per slot", out)
+    local n, left_out = 0, 0
+    local line = "%[sending (%d+) tokens of (%d+) budget; (%d+) of %d+ messages left out%]"
+    for used, budget, dropped in out:gmatch(line) do
+      n = n + 1
+      assert.equal("70", budget)                         -- 150 - max_tokens 64 - margin 16
+      assert.is_true(tonumber(used) <= 70)
+      left_out = math.max(left_out, tonumber(dropped))
+    end
+    assert.equal(12, n)
+    assert.is_true(left_out > 0)
     fake:stop()
   end)
 

@@ -1,6 +1,7 @@
 -- Specs of the fixture server itself (lua/llamacpp/testing/server.lua), with raw luasocket clients.
 local socket = require "socket"
 local fixture = require "fixture.control"
+local util = require "spec.util"
 
 local function read_file(name)
   local f = assert(io.open("spec/fixtures/" .. name .. ".response", "rb"))
@@ -134,8 +135,7 @@ describe("fixture server", function()
 
     -- drip=50 on 183 bytes takes 9 s; meanwhile another request is served
     -- whole: the server logs its end while the slow one is still sending.
-    local since = srv:log()
-    since = since[#since].seq
+    local since = util.last_seq(srv)
     local t0 = socket.gettime()
     local slow = connect(srv)
     assert(slow:send(request("/replay/health_ok/drip=50,close/slow")))
@@ -182,8 +182,7 @@ describe("fixture server", function()
   it("serves 300 concurrent streaming connections", function()
     local whole = read_file("chat_stream")
     local socks, got, open = {}, {}, 300
-    local since = srv:log()
-    since = since[#since].seq
+    local since = util.last_seq(srv)
     -- 20 pieces 50 ms apart: about 1 s each, so one at a time would take
     -- five minutes; the 30 s below is a hang guard
     for i = 1, 300 do

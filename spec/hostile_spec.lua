@@ -4,6 +4,7 @@
 -- same client after all of them).
 local llamacpp = require "llamacpp"
 local fixture = require "fixture.control"
+local util = require "spec.util"
 local proc = require "soak.proc"
 local cjson = require "cjson"
 
@@ -81,8 +82,7 @@ describe("hostile servers", function()
   end)
 
   it("a header block that never ends is cut at the header limit, and the server sees the client go", function()
-    local since = srv:log()
-    since = since[#since] and since[#since].seq or 0
+    local since = util.last_seq(srv)
     local res, err = client(srv:hostile("headers_forever")):chat{ messages = MSGS }
     assert.is_nil(res)
     assert.truthy(errors.is(err, "protocol"), tostring(err))
@@ -303,7 +303,7 @@ describe("hostile servers", function()
   -- must not fire before its time (lower bounds); 60 s is a hang guard.
   describe("timeouts (run side by side)", function()
     local got = {}
-    local util = require "spec.util"
+
     local HANG_S = 60                   -- >= 15x the longest wait (4 s)
     -- "Hello world" then the ending; the index where the ending starts
     local function hello_ending(chunked)
@@ -478,7 +478,7 @@ io.write("RESULT ", cjson.encode{ type = last and last.type, kind = e.kind, phas
   -- LLAMACPP_MANGLE=N runs N cases instead of 300 (make asan runs these
   -- under the sanitizers too).
   it("randomly mangled captures end in a result or an Error, through every provider", function()
-    local util = require "spec.util"
+
     local names = { "chat_stream_usage", "chat_nonstream", "chat_tools_stream", "tc_two_tools_stream",
                     "chat_stream_midstream_error", "err_context_exceeded", "auth_missing_key",
                     "chat_unicode_stream", "completion_native_stream", "anthropic_stream",

@@ -80,6 +80,14 @@ function M.text_of(evs, kind)
   return table.concat(out)
 end
 
+-- The seq of srv's last log record (0: none), for srv:log(since) and
+-- srv:requests(since) later. Not #srv:log(): records of the connections
+-- that poll the log are left out of it, so seqs have gaps.
+function M.last_seq(srv)
+  local l = srv:log()
+  return l[#l] and l[#l].seq or 0
+end
+
 -- How many requests the fixture server srv logged with `part` in the path
 -- (and, when given, this method, after log entry `since`).
 function M.hits(srv, part, method, since)

@@ -47,6 +47,7 @@ local OPTIONS = {
 
 local DEFAULTS = { connect_timeout = 10, idle_timeout = 300 }
 local GRACE_MS = 1000   -- how long the end of a transfer may lag its terminator
+local FIT_MARGIN = 16   -- tokens client:fit keeps free besides max_tokens (templates differ a little)
 
 local callable, raise = args.callable, args.raise
 
@@ -402,6 +403,10 @@ end
 -- `stream` in a request is the method's to set: a call that answers
 -- whole refuses `stream = true`, a streaming one `stream = false`.
 local function check_stream_flag(req, fname, streaming)
+  if streaming and req.on_overflow == "trim" then
+    args.check(false, 1, fname, "'on_overflow = \"trim\"' is for whole answers (chat): fit a stream's" ..
+               " request first (client:fit)")
+  end
   local v = req.stream
   if v == nil or v == streaming then return end
   local twin = streaming and fname:gsub("_stream$", ""):gsub("^open$", "chat") or fname .. "_stream"
@@ -435,6 +440,17 @@ function steps.chat(io, self, req)
   end
   local t0 = core.now()
   local res, err = request(io, self, "POST", p.chat_path, body, false, p.parse_chat, nil, session_line(self, req))
+  if not res and req.on_overflow == "trim" and err.code == "exceed_context_size_error" and err.n_ctx then
+    -- fitted to the window the refusal gives, and sent once more
+    local r = {}
+    for k, v in pairs(req) do r[k] = v end
+    r.on_overflow = nil
+    local fitted, info = steps.fit(io, self, r, { budget = err.n_ctx - (body.max_tokens or 0) - FIT_MARGIN })
+    if not fitted then return nil, info end
+    res, err = steps.chat(io, self, fitted)
+    if res then res.trimmed = info end
+    return res, err
+  end
   if not res then return nil, err end
   res.provider = p.name
   if req.think_tags == "split" then base.split_think(res) end
@@ -1229,6 +1245,8 @@ function Client:apply_template(req) return steps.apply_template(blocking, self, 
 
 -- {=== the context window ===
 
+local context = require "llamacpp.context"
+
 function steps.count_tokens(io, self, req)
   args.check(type(req) == "table", 1, "count_tokens", args.expected("table", req))
   check_stream_flag(req, "count_tokens", false)
@@ -1310,6 +1328,72 @@ end
 -- @treturn integer|nil
 -- @return[2] nil, Error
 function Client:context_size(opts) return steps.context_size(blocking, self, opts) end
+
+local FIT_OPTS = { budget = "number", margin = "number", keep_first = "number", summarize = "function" }
+
+function steps.fit(io, self, req, opts)
+  args.check(type(req) == "table", 1, "fit", args.expected("table", req))
+  if opts == nil then opts = {} end
+  args.check(type(opts) == "table", 2, "fit", args.expected("table", opts))
+  for k, v in pairs(opts) do
+    args.check(FIT_OPTS[k] ~= nil, 2, "fit", "unknown option '" .. tostring(k) .. "'")
+    args.check(type(v) == FIT_OPTS[k], 2, "fit", "'" .. k .. "' must be a " .. FIT_OPTS[k] ..
+               " (got " .. type(v) .. ")")
+  end
+  local kf = opts.keep_first
+  args.check(kf == nil or (kf >= 0 and kf == math.floor(kf)), 2, "fit", "'keep_first' must be a whole number >= 0")
+  args.check(req.messages == nil or type(req.messages) == "table", 1, "fit", "'messages' must be a table")
+  local budget = opts.budget
+  if budget == nil then
+    local window, err = steps.context_size(io, self, { model = req.model })
+    if not window then return nil, err end
+    local body = self.provider.chat_body(req, false, self.model)
+    budget = window - (body.max_tokens or 0) - (opts.margin or FIT_MARGIN)
+  end
+  local total, err = steps.count_tokens(io, self, req)
+  if not total then return nil, err end
+  if total <= budget then return copy(req), { dropped = 0, input_tokens = total, budget = budget } end
+  local turns, all = context.turns(req.messages or {})
+  local drop = context.droppable(turns, kf)
+  local n = context.estimate(total, budget, drop, all)
+  while true do
+    local r, dropped = context.without(req, drop, n)
+    if opts.summarize and n > 0 then
+      local summary = opts.summarize(dropped)
+      args.check(summary == nil or type(summary) == "string", 2, "fit", "'summarize' must return a string or nil")
+      if summary then r = context.without(req, drop, n, summary) end
+    end
+    local got, e = steps.count_tokens(io, self, r)
+    if not got then return nil, e end
+    if got <= budget then return r, { dropped = #dropped, input_tokens = got, budget = budget } end
+    if n >= #drop then
+      return nil, errors.new("context", "the request does not fit: " .. got .. " tokens with every turn" ..
+        " that may go dropped (" .. #dropped .. "), for a budget of " .. budget .. " (the system prompt," ..
+        " the last turn" .. (kf and kf > 0 and (" and the first " .. kf) or "") .. " are kept)",
+        { code = "does_not_fit", input_tokens = got, budget = budget, retryable = false })
+    end
+    n = n + math.max(1, context.estimate(got, budget, drop, all, n))
+  end
+end
+
+--- A copy of a chat request whose input fits a token budget: the oldest
+-- turns dropped first (a turn: a user message and what follows it up to
+-- the next: the answer, tool calls and their results, never split), the
+-- system prompt, the first `keep_first` turns and the last turn kept.
+-- Counted with the server (@{Client:count_tokens}): once, then once per
+-- try after dropping what the turns' sizes say is needed (usually one).
+-- opts: `budget` (tokens; default the window of @{Client:context_size}
+-- less the request's max_tokens less `margin`, default 16),
+-- `keep_first`, `summarize` (a function of the dropped messages
+-- returning a string appended to the system prompt, or nil).
+-- @within Client
+-- @tparam table req as for @{Client:chat}
+-- @tparam[opt] table opts
+-- @treturn table the request to send (a new table; `req` is untouched)
+-- @treturn table `{dropped = messages dropped, input_tokens =, budget =}`
+-- @return[2] nil, Error (kind `context`, code `does_not_fit`: what must be
+--   kept is over the budget; or the count's error)
+function Client:fit(req, opts) return steps.fit(blocking, self, req, opts) end
 
 -- }===
 

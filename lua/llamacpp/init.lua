@@ -100,8 +100,10 @@ local M = {
 -- `tostring(err)` gives one line, never with the API key.
 -- @table Error
 -- @field kind `connection`, `timeout`, `tls`, `network`, `truncated`, `http`,
---   `protocol`, `cancelled` or `no_provider` (and, in a router's `attempts`
---   only, `unsupported`: that deployment cannot express the request)
+--   `protocol`, `cancelled`, `no_provider`, `model` (router-mode models) or
+--   `context` (client:fit: what must be kept is over the budget) (and, in a
+--   router's `attempts` only, `unsupported`: that deployment cannot express
+--   the request)
 -- @field message what happened, e.g. `llama-server not running at <endpoint>`
 -- @field retryable whether another try may succeed
 -- @field status HTTP status
@@ -116,6 +118,7 @@ local M = {
 -- @field detail libcurl's own message
 -- @field n_prompt_tokens llama-server's context-size error
 -- @field n_ctx llama-server's context-size error
+-- @field input_tokens, budget `context` errors: the request's size and its budget
 -- @field attempts no_provider: `{{provider =, endpoint =, error =}, ...}`
 
 --- Creates a client.

@@ -408,7 +408,7 @@ end
 
 --- Calls a client method on the loop, the same method the client has:
 -- `health`, `wait_ready`, `models`, `load_model`, `unload_model`, `props`, `slots`, `metrics`,
--- `tokenize`, `detokenize`, `apply_template`, `count_tokens`, `context_size`, `embeddings`, `rerank`,
+-- `tokenize`, `detokenize`, `apply_template`, `count_tokens`, `context_size`, `fit`, `embeddings`, `rerank`,
 -- `completion`, `infill` or `chat`. `args` are its arguments, in a list
 -- (`{ "some text", { with_pieces = true } }`); on_done gets what it
 -- returns (`res`, or `nil, err`), once, from the loop. `wait_ready` polls

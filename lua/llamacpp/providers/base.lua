@@ -30,7 +30,8 @@ M.LOCAL_FIELDS = { system = true, messages = true, tier = true }
 
 -- Our options of every request (check_options), never passed through.
 local OPTIONS = { progress = true, thinking_budget = true, think_tags = true,
-                  resumable = true, conversation_id = true, resume = true, session = true }
+                  resumable = true, conversation_id = true, resume = true, session = true,
+                  on_overflow = true }
 M.OPTIONS = OPTIONS
 
 --- Checks the fields every provider reads; raises at the caller's line
@@ -85,6 +86,8 @@ end
 --   resume           {attempts =, within =}: how hard to try (implies resumable)
 --   session          string: the conversation's key for the router's affinity
 --                    strategy (never sent)
+--   on_overflow      "error" (default) | "trim": a chat the server refuses as
+--                    longer than its window is fitted (client:fit) and sent again
 function M.check_options(req)
   local p = req.progress
   if p ~= nil and type(p) ~= "boolean" then
@@ -104,6 +107,10 @@ function M.check_options(req)
   local tt = req.think_tags
   if tt ~= nil and tt ~= "split" and tt ~= "keep" then
     args.raise("bad request: 'think_tags' must be \"split\" or \"keep\" (got " .. tostring(tt) .. ")")
+  end
+  local of = req.on_overflow
+  if of ~= nil and of ~= "error" and of ~= "trim" then
+    args.raise("bad request: 'on_overflow' must be \"error\" or \"trim\" (got " .. tostring(of) .. ")")
   end
   local sk = req.session
   if sk ~= nil and (type(sk) ~= "string" or sk == "") then

@@ -273,6 +273,10 @@ function M.new(router, req, fname, check)
   args.check(type(req) == "table", 1, fname, args.expected("table", req))
   base.check_request(req)
   local resumable = base.resume_of(req) ~= nil
+  if req.on_overflow == "trim" and STREAMS[fname] then
+    args.check(false, 1, fname, "'on_overflow = \"trim\"' is for whole answers (router:chat): fit a" ..
+               " stream's request first (client:fit)")
+  end
   if resumable and not STREAMS[fname] then
     args.check(false, 1, fname, "'resumable' is for streams: use " ..
                (fname == "router_chat" and "router_stream" or "chat_stream"))
