@@ -219,15 +219,18 @@ describe("llamacpp.client", function()
       assert.equal("llama-server error (429): slow down", err.message)
     end)
 
-    it("keeps a non-JSON error body, capped, in the message and the error", function()
+    it("says a gateway's HTML page is a gateway's, in one line, and keeps the body, capped", function()
       srv:write("proxy502", fixture.http_response(502, { { "Content-Type", "text/html" } },
         "<html>bad gateway</html>" .. string.rep("x", 10000)))
       local c = llamacpp.new{ endpoint = srv:replay("proxy502") }
       local _, err = c:chat{ messages = MSGS }
       assert.equal(502, err.status)
       assert.is_true(err.retryable)
-      assert.matches("^llama%-server error %(502%): <html>bad gateway</html>", err.message)
+      assert.matches("^gateway error %(502, no Server header%) in front of llama%-server: bad gateway x+%.%.%.; " ..
+                     "the gateway could not reach", err.message)
+      assert.is_nil(err.message:find("\n"))
       assert.is_true(#err.message < 600)
+      assert.is_true(err.gateway)
       assert.equal(4096, #err.body)
     end)
 

@@ -51,16 +51,46 @@ describe("llamacpp.errors", function()
     assert.matches("^llama%-server error %(400%): request %(623 tokens%)", e.message)
   end)
 
+  it("says a gateway answered: who, its page's title, what to do, in one line", function()
+    local page = "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 " ..
+                 "Gateway Time-out</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n"
+    local e = errors.http(504, page, { server = "nginx/1.22.1", ["content-type"] = "text/html" }, "llama-server")
+    assert.equal("gateway error (504, nginx/1.22.1) in front of llama-server: 504 Gateway Time-out; the gateway " ..
+                 "gave up waiting for the server (a long prompt is still being read?): raise its read timeout " ..
+                 "(nginx: proxy_read_timeout, Caddy: transport read_timeout)", e.message)
+    assert.is_true(e.gateway)
+    assert.equal("nginx/1.22.1", e.gateway_server)
+    assert.equal("gateway_timeout", e.code)
+    assert.is_false(e.retryable)
+    assert.equal(page, e.body)
+    local b = errors.http(502, page:gsub("504 Gateway Time%-out", "502 Bad Gateway"), { server = "nginx" })
+    assert.is_true(b.retryable)                                        -- another try may find it up
+    assert.matches("^server error %(502%)", errors.http(502, "", { server = "llama.cpp" }).message)
+    assert.matches("^gateway error %(502, Caddy%) in front of the server: HTTP 502",
+                   errors.http(502, "", { server = "Caddy" }).message)
+    local sq = errors.http(407, "<html><head><title>ERROR: Cache Access Denied</title></head><body>...</body></html>",
+                           { server = "squid/5.7", ["content-type"] = "text/html;charset=utf-8" })
+    assert.matches("^gateway error %(407, squid/5.7%) in front of the server: ERROR: Cache Access Denied; " ..
+                   "the proxy wants credentials", sq.message)
+    local big = errors.http(413, "<html><body><h1>413 Request Entity Too Large</h1></body></html>", {})
+    assert.matches("%(413, no Server header%).*413 Request Entity Too Large; .*client_max_body_size", big.message)
+    -- the server's own JSON error from behind a gateway stays the server's
+    local j = errors.http(503, '{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}',
+                          { server = "nginx" }, "llama-server")
+    assert.equal("llama-server error (503): Loading model", j.message)
+    assert.is_nil(j.gateway)
+  end)
+
   it("maps Ollama's string error, Anthropic's overloaded type, and bodies that are not JSON", function()
     assert.equal("server error (404): model 'x' not found",
                  errors.http(404, '{"error":"model \'x\' not found"}').message)
     local o = errors.http(529, '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
     assert.is_true(o.retryable)
     assert.equal("overloaded_error", o.code)
-    local h = errors.http(503, "<html>busy</html>\n", { ["retry-after"] = "3" })
-    assert.equal("server error (503): <html>busy</html>", h.message)
-    assert.equal(3, h.retry_after)
-    assert.is_true(h.retryable)
+    local t = errors.http(503, "busy, try later\n", { ["retry-after"] = "3" })
+    assert.equal("server error (503): busy, try later", t.message)
+    assert.equal(3, t.retry_after)
+    assert.is_true(t.retryable)
     assert.equal("server error (502): HTTP 502", errors.http(502, "").message)
   end)
 

@@ -74,6 +74,34 @@ local SWAP_REFUSALS = {
   { "^model id required in path$", "model_not_found" },          -- /upstream/NAME/...
 }
 
+-- What a gateway's status usually means, and what to change.
+local GATEWAY_HINTS = {
+  [502] = "the gateway could not reach the server behind it (is it running? the gateway's upstream address?)",
+  [503] = "the gateway has no server to send it to",
+  [504] = "the gateway gave up waiting for the server (a long prompt is still being read?): raise its" ..
+          " read timeout (nginx: proxy_read_timeout, Caddy: transport read_timeout)",
+  [413] = "the gateway refused the request body as too large (nginx: client_max_body_size)",
+  [407] = "the proxy wants credentials (proxy = \"http://user:password@host:port\")",
+}
+
+-- A gateway's own answer (nginx, squid, Caddy, a load balancer), not the
+-- server's: no error object of the server's in the body, and a Server
+-- header that is not llama-server's, or an HTML page. Its name, its page's
+-- title (or first heading), one line; nil when it is the server's answer.
+local function gateway_of(body, headers, decoded)
+  if type(decoded) == "table" then return nil end
+  local server = headers and headers.server
+  local ctype = headers and headers["content-type"] or ""
+  local html = ctype:lower():find("html", 1, true) or body:find("^%s*<")
+  if not html and not (server and not server:find("^llama%.cpp")) then return nil end
+  local title = body:match("<[Tt][Ii][Tt][Ll][Ee][^>]*>(.-)</[Tt][Ii][Tt][Ll][Ee]>")
+                or body:match("<[Hh]1[^>]*>(.-)</[Hh]1>") or body:sub(1, 1000)
+  title = title:gsub("<[^>]*>", " "):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  if #title > 200 then title = title:sub(1, 200) .. "..." end
+  if title == "" then title = nil end
+  return server or "no Server header", title
+end
+
 --- The error for an HTTP answer with status >= 400 (or an error object in
 -- a 200 stream). Parses `{"error":{"code","message","type",...}}` and
 -- OpenAI/Anthropic-style variants; keeps the body, capped.
@@ -99,15 +127,28 @@ function M.http(status, body, headers, label)
       detail = decoded.message
     end
   end
-  if not detail then
-    detail = body:gsub("%s+$", "")
-    if #detail > 512 then detail = detail:sub(1, 512) .. "..." end
-    if detail == "" then detail = "HTTP " .. tostring(status) end
-  end
   e.body = #body > BODY_CAP and body:sub(1, BODY_CAP) or body
   if headers then
     e.retry_after = M.parse_retry_after(headers["retry-after"])
     e.request_id = headers["x-request-id"] or headers["request-id"]
+  end
+  local gw, title
+  if not detail then gw, title = gateway_of(body, headers, decoded) end
+  if gw then
+    -- one line: who answered, what its page says, what to do
+    e.gateway, e.gateway_server = true, gw
+    local hint = GATEWAY_HINTS[status]
+    if status == 504 then
+      e.retryable = false     -- the server may still be at it: the same one is not asked again
+      e.code = "gateway_timeout"
+    end
+    return M.new("http", "gateway error (" .. status .. ", " .. gw .. ") in front of " .. (label or "the server") ..
+                 ": " .. (title or ("HTTP " .. status)) .. (hint and ("; " .. hint) or ""), e)
+  end
+  if not detail then
+    detail = body:gsub("%s+$", "")
+    if #detail > 512 then detail = detail:sub(1, 512) .. "..." end
+    if detail == "" then detail = "HTTP " .. tostring(status) end
   end
   if e.code == "overloaded_error" then e.retryable = true end
   local refusals = e.server and MODEL_REFUSALS or (status == 400 and SWAP_REFUSALS)

@@ -23,7 +23,8 @@ local base = require "llamacpp.providers.base"
 local json = require "llamacpp.json"
 local hash = require("llamacpp.core").hash
 
-local type, pairs, ipairs, tostring, setmetatable, pcall = type, pairs, ipairs, tostring, setmetatable, pcall
+local type, pairs, ipairs, next, tostring = type, pairs, ipairs, next, tostring
+local setmetatable, pcall = setmetatable, pcall
 local min, max, ceil = math.min, math.max, math.ceil
 local concat, sort, fmt = table.concat, table.sort, string.format
 
@@ -283,7 +284,7 @@ function M.new(router, req, fname, check)
   end
   return setmetatable({ router = router, tier = tier_of(router, req), req = req, resumable = resumable,
                         check = check or M.check_health,
-                        pass = 0, queue = {}, qi = 1, attempts = {}, waited = false,
+                        pass = 0, queue = {}, qi = 1, attempts = {}, waited = false, spent = {},
                         running = nil, delivered = 0 }, Plan)
 end
 
@@ -298,7 +299,7 @@ function Plan:next()
       self.qi = self.qi + 1
       local rec = it.rec
       -- another request may have learnt meanwhile that it must wait
-      if rec.retry_at <= r.clock() then
+      if rec.retry_at <= r.clock() and not self.spent[rec] then
         local req = request_for(rec, self.req, self.resumable)
         local why = rec.client.provider.unsupported
         why = why and why(req)
@@ -319,6 +320,14 @@ function Plan:next()
       end
     end
     if self.pass > r.retries then return self:finish() end
+    if self.pass > 0 and next(self.spent) then
+      -- nothing left but deployments not to ask again: no waiting for them
+      local left = false
+      for _, it in ipairs(self.chain or {}) do
+        if not self.spent[it.rec] then left = true break end
+      end
+      if not left then return self:finish() end
+    end
     if self.pass > 0 and not self.waited then
       self.waited = true
       local d = self:delay()
@@ -377,6 +386,13 @@ function Plan:outcome(it, err, res)
   label(err, it)
   failed(self.router, rec, err)
   if self.delivered == 0 and (err.retryable or DEPLOYMENT_FAULTS[err.code]) then
+    self:record(it, err)
+    return "next"
+  end
+  if self.delivered == 0 and err.code == "gateway_timeout" then
+    -- the server behind may still be reading the prompt: another deployment
+    -- may answer, this one is not sent it again
+    self.spent[rec] = true
     self:record(it, err)
     return "next"
   end
