@@ -44,6 +44,7 @@ build = {
     ["llamacpp.uv"] = "lua/llamacpp/uv.lua",
     ["llamacpp.providers.native"] = "lua/llamacpp/providers/native.lua",
     ["llamacpp.text"] = "lua/llamacpp/text.lua",
+    ["llamacpp.agent"] = "lua/llamacpp/agent.lua",
     ["llamacpp.context"] = "lua/llamacpp/context.lua",
     ["llamacpp.testing"] = "lua/llamacpp/testing.lua",
     ["llamacpp.testing.render"] = "lua/llamacpp/testing/render.lua",

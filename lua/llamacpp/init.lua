@@ -127,6 +127,16 @@ local M = {
 -- @treturn llamacpp.client.Client
 M.new = client.new
 
+--- Creates an agent: a tool loop with Lua functions as tools, over a
+-- client or a router (see @{llamacpp.agent.new} for its options and
+-- docs/agents.md).
+-- @usage local agent = llamacpp.agent{ client = client, tools = { add = { ..., run = function(args) end } } }
+-- local res, err = agent:run("What is 12.5 + 30?")
+-- @function agent
+-- @tparam table opts
+-- @treturn llamacpp.agent.Agent
+function M.agent(opts) return require("llamacpp.agent").new(opts) end
+
 --- libcurl's version and those of its libraries, as `curl --version` names
 -- them ("libcurl/7.88.1 OpenSSL/3.0.15 zlib/1.2.13 ..."). Made when called:
 -- making it loads parts of all those libraries.

@@ -628,4 +628,159 @@ end
 
 -- }======
 
+
+-- {====== agents ======
+-- An agent's loop (llamacpp.agent.loop) in a coroutine: each request is
+-- a chat (or stream) of the client or router on this loop, each tool call
+-- a coroutine of its own, resumed when what it awaits is done; with
+-- parallel = true the calls of a step run together.
+
+local Agentic = {}
+Agentic.__index = Agentic
+Agentic.__name = "llamacpp.uv.AgentHandle"
+Agentic.call = call
+
+--- Cancels the run: the current request is aborted, no tool is resumed
+-- and no callback is called any more. Idempotent.
+function Agentic:cancel()
+  if self.cancelled then return end
+  self.cancelled = true
+  if self.cur then self.cur:cancel() end
+  self.cur = nil
+end
+
+local function agent_run(agent, input, cb, opts, streaming, fname)
+  local agents = require "llamacpp.agent"
+  local msgs, ro = agents.prepare(agent, input, opts and { max_steps = opts.max_steps }, fname)
+  args.check(callable(cb), 3, fname, "function expected")
+  if streaming and agent.on_overflow and agent.router then
+    args.check(false, 1, fname, "on_overflow = \"trim\" fits a stream with a client's count:" ..
+               " a router's agent trims with agent_run")
+  end
+  local uv = loop_of(opts)
+  local h = setmetatable({ uv = uv, on_error = opts and opts.on_error, cancelled = false }, Agentic)
+  local o = { uv = uv, on_error = h.on_error }
+  local routed_ = agent.router ~= nil
+  local io = {
+    streaming = streaming, parallel = true,
+    ask = function(target, req, step) return coroutine.yield("ask", target, req, step) end,
+    fit = function(c, req) return coroutine.yield("fit", c, req) end,
+    tools = function(jobs, ended) return coroutine.yield("tools", jobs, ended) end,
+  }
+  if streaming then
+    io.emit = function(ev) if not h.cancelled then h:call(cb, ev) end end
+  end
+  local co = coroutine.create(function() return pack(agents.loop(io, agent, msgs, ro)) end)
+  local starting = true
+  local resume, dispatch
+  -- runs jobs together; then() once all have ended
+  local function run_jobs(jobs, ended, after)
+    local left = #jobs
+    local function go(job, ...)
+      if h.cancelled then return end
+      local what, begin = agents.resume(job, ...)
+      if what == "done" then
+        ended(job)
+        left = left - 1
+        if left == 0 then return after() end
+      elseif what == "await" then
+        local answered = false
+        local ok, e = pcall(begin, function(...)
+          if answered or h.cancelled then return end
+          answered = true
+          go(job, ...)
+        end)
+        if not ok and not answered then
+          answered = true
+          go(job, agents.FAILED, e)
+        end
+      else                                  -- yielded: again when the loop has turned
+        local t = uv.new_timer()
+        t:start(0, 0, function()
+          t:close()
+          go(job)
+        end)
+      end
+    end
+    for _, job in ipairs(jobs) do go(job) end
+  end
+  function resume(...)
+    if h.cancelled then return end
+    local ok, what, a, b, c = coroutine.resume(co, ...)
+    if not ok then
+      if starting then return args.raise(args.unplace(what)) end
+      report(h, fname .. ": " .. tostring(what))
+      return h:cancel()
+    end
+    if coroutine.status(co) == "dead" then
+      if not streaming then h:call(cb, unpack(what, 1, what.n)) end
+      return
+    end
+    if h.cancelled then return end
+    if starting then return dispatch(what, a, b, c) end
+    local okd, e = pcall(dispatch, what, a, b, c)
+    if not okd then
+      report(h, fname .. ": " .. tostring(e))
+      h:cancel()
+    end
+  end
+  function dispatch(what, a, b, c)
+    if what == "ask" then               -- a: target, b: request, c: step
+      if streaming then
+        local f = routed_ and M.router_stream or M.chat_stream
+        h.cur = f(a, b, function(ev)
+          if h.cancelled then return end
+          local t = ev.type
+          if t == "done" then
+            h.cur = nil
+            return resume(ev)
+          elseif t == "error" then
+            h.cur = nil
+            return resume(nil, ev.error)
+          end
+          ev.step = c
+          h:call(cb, ev)
+        end, o)
+      else
+        local f = routed_ and M.router_chat or M.chat
+        h.cur = f(a, b, function(res, err)
+          h.cur = nil
+          resume(res, err)
+        end, o)
+      end
+    elseif what == "fit" then
+      h.cur = M.request(a, "fit", { b }, function(r, e)
+        h.cur = nil
+        resume(r, e)
+      end, o)
+    elseif what == "tools" then
+      run_jobs(a, b, function() resume() end)
+    end
+  end
+  resume()
+  starting = false
+  return h
+end
+
+--- Runs an agent (@{llamacpp.agent.Agent:run}) on the loop: on_done(res)
+-- or on_done(nil, err, run) once. Its requests are chats on the loop; a
+-- tool may wait without blocking it: `ctx.await(function(done) ... end)`
+-- returns what `done(...)` is given (from any later callback), and a
+-- tool that calls `coroutine.yield()` goes on when the loop has turned.
+-- With the agent's `parallel = true` the calls of one step run together
+-- (their results go back in the calls' order all the same).
+-- opts: uv, on_error (as for chat), max_steps. Returns a handle with :cancel().
+function M.agent_run(agent, input, on_done, opts)
+  return agent_run(agent, input, on_done, opts, false, "agent_run")
+end
+
+--- Streams an agent's run on the loop: on_event(ev) for every event of
+-- @{llamacpp.agent.Agent:stream} (the last is done or error). opts as for
+-- agent_run. Returns a handle with :cancel().
+function M.agent_stream(agent, input, on_event, opts)
+  return agent_run(agent, input, on_event, opts, true, "agent_stream")
+end
+
+-- }======
+
 return M
