@@ -401,6 +401,59 @@ describe("llamacpp.agent", function()
     end)
   end)
 
+  describe("with on_overflow = 'trim'", function()
+    local f
+    setup(function() f = testing.start{ cache = { n_ctx = 300 } } end)
+    teardown(function() f:stop() end)
+
+    local function history()
+      local msgs = {}
+      for i = 1, 30 do
+        msgs[#msgs + 1] = { role = "user", content = "question " .. i .. (" about this"):rep(3) }
+        msgs[#msgs + 1] = { role = "assistant", content = "answer " .. i .. (" indeed"):rep(4) }
+      end
+      msgs[#msgs + 1] = { role = "user", content = "and now?" }
+      return msgs
+    end
+
+    -- the generations f answered since seq: their prompts' sizes
+    local function prompts(from)
+      local out = {}
+      for _, r in ipairs(f:requests(from)) do
+        if r.cache then out[#out + 1] = r.cache.prompt_tokens end
+      end
+      return out
+    end
+
+    for _, mode in ipairs{ "run", "stream" } do
+      it(mode .. ": each step's request fits the window; the transcript keeps everything", function()
+        local from = util.last_seq(f)
+        f:reply(calls{ name = "add", arguments = { a = 1, b = 2 }, id = "c" })
+        f:reply{ content = "done" }
+        local c = llamacpp.new{ endpoint = f.endpoint, model = "tiny" }
+        local a = llamacpp.agent{ client = c, tools = { add = ADD }, on_overflow = "trim",
+                                  request = { max_tokens = 20 } }
+        local res
+        if mode == "run" then
+          res = assert(a:run(history()))
+        else
+          for ev in a:stream(history()) do res = ev end
+          assert.equal("done", res.type, tostring(res.error))
+        end
+        assert.equal("done", res.content)
+        assert.equal(63, #res.messages)            -- the 61 given, the call and its result
+        local sizes = prompts(from)
+        assert.is_true(#sizes >= 2)
+        for _, n in ipairs(sizes) do assert.is_true(n <= 300, "a prompt of " .. n) end
+        -- the call and its result went together in the second step's request
+        local reqs = f:requests(from)
+        local m = reqs[#reqs].json.messages
+        assert.equal("tool", m[#m].role)
+        assert.equal("c", m[#m - 1].tool_calls[1].id)
+      end)
+    end
+  end)
+
   describe("on the loop", function()
     if not has_luv then
       it("needs luv", function() pending("luv is not installed for " .. _VERSION .. ": apt-get install lua-luv") end)

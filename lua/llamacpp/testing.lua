@@ -145,7 +145,9 @@ end
 -- `exceed_context_size_error` with `n_prompt_tokens` and `n_ctx`), and
 -- `POST /v1/chat/completions/input_tokens` (and Anthropic's
 -- `/v1/messages/count_tokens`) answers `{"input_tokens": N}`, N the units
--- the same request would have as a prompt.
+-- the same request would have as a prompt. These answers (and /health's)
+-- are the server's own: they never take a queued reply, which waits for
+-- the next generation it lets through.
 function M.start(opts)
   opts = opts or {}
   local cache_json = opts.cache ~= nil and cache_arg(opts.cache) or nil
