@@ -1,7 +1,8 @@
--- A tool-using agent loop: the model may call local Lua functions; their
--- results go back to it until it answers in text (at most 6 turns).
---   lua5.4 examples/agent.lua ["What is 12.5 + 30, and what time is it?"]
+-- An agent with two tools, a calculator and a file reader: the model calls
+-- them, their results go back, until it answers (at most 6 requests).
+--   lua5.4 examples/agent.lua ["How many lines has README.md, times 3?"]
 -- Needs a model with tool calling (llama-server --jinja, the default).
+-- Each call is shown on stderr as it runs; the answer streams to stdout.
 local root = (arg and arg[0] or ""):match("^(.-)/?examples/[^/]*$") or "."
 if root == "" then root = "." end
 local v = type(jit) == "table" and "luajit" or _VERSION:match("%d+%.%d+")
@@ -13,47 +14,62 @@ local llamacpp = require "llamacpp"
 local client = llamacpp.new{ endpoint = os.getenv("LLAMACPP_ENDPOINT") or "http://127.0.0.1:8080",
                              api_key = os.getenv("LLAMA_API_KEY") }
 
--- The local functions the model may call, with their JSON schemas.
-local functions = {
-  add = { description = "Add two numbers",
-          parameters = { type = "object", required = { "a", "b" },
-                         properties = { a = { type = "number" }, b = { type = "number" } } },
-          run = function(args) return { sum = (tonumber(args.a) or 0) + (tonumber(args.b) or 0) } end },
-  get_time = { description = "The current local date and time",
-               parameters = { type = "object", properties = {} },
-               run = function() return { time = os.date("%Y-%m-%d %H:%M:%S") } end },
-}
-local tools = {}
-for name, f in pairs(functions) do
-  tools[#tools + 1] = { type = "function",
-    ["function"] = { name = name, description = f.description, parameters = f.parameters } }
+-- Arithmetic on numbers only: digits, + - * / ^ % ( ) . and spaces.
+local function calc(args)
+  local e = args.expression
+  if e:find("[^%d%s%.%+%-%*/%^%%%(%)eE]") then return nil, "only numbers and + - * / ^ % ( ) are allowed" end
+  local f = (rawget(_G, "loadstring") or load)("return " .. e)   -- 5.1: loadstring
+  local ok, value = pcall(f or error)
+  if not ok or type(value) ~= "number" then return nil, "not an arithmetic expression: " .. e end
+  return { value = value }
 end
 
-local messages = { { role = "user", content = arg and arg[1] or "What is 12.5 + 30, and what time is it?" } }
-for turn = 1, 6 do
-  local res, err = client:chat{ system = "Use the tools when they help.", messages = messages,
-                                tools = tools, max_tokens = 512 }
-  if not res then
-    io.stderr:write(tostring(err), "\n")
+-- A file under the current directory: its first 4 KiB and its line count.
+local function read_file(args)
+  local path = args.path
+  if path:find("^/") or path:find("%.%.") then return nil, "only files under the current directory" end
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local text = f:read("*a")
+  f:close()
+  local _, lines = text:gsub("\n", "")
+  return { lines = lines, bytes = #text, text = text:sub(1, 4096) }
+end
+
+local agent = llamacpp.agent{
+  client = client,
+  system = "Use the tools when they help. Answer briefly.",
+  max_steps = 6,
+  request = { max_tokens = 512 },
+  tools = {
+    calc = { description = "Evaluates an arithmetic expression such as (12.5 + 30) * 2",
+             parameters = { type = "object", required = { "expression" },
+                            properties = { expression = { type = "string" } } },
+             run = calc },
+    read_file = { description = "Reads a text file under the current directory",
+                  parameters = { type = "object", required = { "path" },
+                                 properties = { path = { type = "string", description = "a relative path" } } },
+                  run = read_file },
+  },
+}
+
+local question = arg and arg[1] or "How many lines has README.md, times 3?"
+for ev in agent:stream(question) do
+  if ev.type == "content" then
+    io.write(ev.content)
+    io.flush()
+  elseif ev.type == "tool_start" then
+    io.stderr:write(("[step %d] %s(%s)"):format(ev.step, ev.name, ev.arguments or ""))
+  elseif ev.type == "tool_end" then
+    io.stderr:write(ev.error and (" failed: " .. ev.error) or "", (" %.1f ms\n"):format(ev.ms))
+  elseif ev.type == "done" then
+    io.write("\n")
+    io.stderr:write(("[%s after %d steps, %d tool calls (%d failed), %d+%d tokens]\n"):format(
+      ev.stop_reason, #ev.steps, ev.tool_calls, ev.tool_errors,
+      ev.stats.input_tokens or 0, ev.stats.output_tokens or 0))
+    os.exit(ev.stop_reason == "max_steps" and 1 or 0)
+  elseif ev.type == "error" then
+    io.stderr:write(tostring(ev.error), "\n")
     os.exit(1)
   end
-  if not res.tool_calls then
-    print(res.content)
-    os.exit(0)
-  end
-  -- the assistant's turn goes back with its calls, as results give them
-  messages[#messages + 1] = { role = "assistant", content = res.content, tool_calls = res.tool_calls }
-  for _, call in ipairs(res.tool_calls) do
-    local f = functions[call.name]
-    local args, aerr = llamacpp.tool_arguments(call)
-    local result
-    if not f then result = { error = "no such function: " .. tostring(call.name) }
-    elseif not args then result = { error = aerr.message }
-    else result = f.run(args) end
-    print(("[turn %d] %s(%s) -> %s"):format(turn, tostring(call.name), call.arguments,
-                                            llamacpp.json.encode(result)))
-    messages[#messages + 1] = { role = "tool", tool_call_id = call.id, content = llamacpp.json.encode(result) }
-  end
 end
-io.stderr:write("no answer after 6 turns\n")
-os.exit(1)

@@ -252,6 +252,13 @@ describe("llamacpp.agent", function()
         assert.is_false(ok)
         assert.matches("agent_spec.lua:%d+: bad argument #1 to 'agent' %(.*" .. case[2]:gsub("%p", "%%%0"), msg)
       end
+      local r = router.new{ tiers = { main = { { provider = "llamacpp", endpoint = srv.endpoint } } } }
+      local ra = llamacpp.agent{ router = r, tools = {}, on_overflow = "trim" }
+      assert.error_matches(function() ra:stream("go") end, "a router's agent trims with run")
+      if has_luv then
+        assert.error_matches(function() lu.agent_stream(ra, "go", print, { uv = luv }) end,
+                             "a router's agent trims with agent_run")
+      end
       local a = llamacpp.agent{ client = c, tools = {} }
       local ok, msg = pcall(a.run, a, {})
       assert.is_false(ok)

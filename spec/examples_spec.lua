@@ -165,6 +165,29 @@ describe("examples", function()
     fake:stop()
   end)
 
+  it("agent.lua runs its tools on the model's calls and streams the answer", function()
+    local fake = require("llamacpp.testing").start()
+    fake:reply{ tool_calls = { { name = "read_file", arguments = { path = "README.md" }, id = "r" },
+                               { name = "calc", arguments = { expression = "(2 + 1) * 7" }, id = "c" },
+                               { name = "read_file", arguments = { path = "/etc/passwd" }, id = "p" } } }
+    fake:reply{ content = "README.md has many lines; times 3 is more." }
+    local code, out, err = run("examples/agent.lua", { LLAMACPP_ENDPOINT = fake.endpoint }, { "Count the lines" })
+    local reqs = fake:requests()
+    fake:stop()
+    assert.equal(0, code, err)
+    assert.equal("README.md has many lines; times 3 is more.\n", out)
+    assert.matches("%[step 1%] read_file%(.*README%.md.*%) [%d.]+ ms\n", err)
+    assert.matches("%[step 1%] calc%(.*%) [%d.]+ ms\n", err)
+    assert.matches("read_file%(.*passwd.*%) failed: the tool failed: only files under the current directory", err)
+    assert.matches("%[stop after 2 steps, 3 tool calls %(1 failed%), %d+%+%d+ tokens%]", err)
+    assert.equal(2, #reqs)
+    local m = reqs[2].json.messages
+    local _, lines = util.read("README.md"):gsub("\n", "")
+    assert.equal(lines, cjson.decode(m[4].content).lines)
+    assert.equal(21, cjson.decode(m[5].content).value)
+    assert.matches("^error: ", m[6].content)
+  end)
+
   it("router.lua falls back and says who answered", function()
     local code, out = run("examples/router.lua", {
       LLAMACPP_ENDPOINT = "http://127.0.0.1:" .. util.closed_port(),

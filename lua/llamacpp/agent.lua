@@ -524,6 +524,9 @@ local function whole_io()
   }
 end
 
+--- An agent, from @{new} (or `llamacpp.agent`).
+-- @type Agent
+
 --- Runs the agent: asks, runs the tools, asks again, until the model
 -- answers without tool calls or `max_steps` requests were made.
 -- @param input a prompt (one user message) or a list of messages (not changed)

@@ -101,7 +101,8 @@ local M = {
 -- @table Error
 -- @field kind `connection`, `timeout`, `tls`, `network`, `truncated`, `http`,
 --   `protocol`, `cancelled`, `no_provider`, `model` (router-mode models) or
---   `context` (client:fit: what must be kept is over the budget) (and, in a
+--   `context` (client:fit: what must be kept is over the budget), `tool` (an
+--   agent's failed tool call, with `on_tool_error = "raise"`) (and, in a
 --   router's `attempts` only, `unsupported`: that deployment cannot express
 --   the request)
 -- @field message what happened, e.g. `llama-server not running at <endpoint>`
