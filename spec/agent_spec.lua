@@ -406,6 +406,62 @@ describe("llamacpp.agent", function()
       assert.equal("add", m[3].tool_name)
       assert.equal('{"sum":6}', m[3].content)
     end)
+
+    -- streamed, from captures of the real services: blocking and on the loop
+    local function replay(name, ctype)
+      srv:reply{ content_type = ctype, body = util.body(util.fixture(name)) }
+    end
+    local CITY = { parameters = { type = "object", properties = { city = { type = "string" },
+                                                                  location = { type = "string" } } },
+                   run = function(a) return "sunny in " .. (a.city or a.location) end }
+    local function streamed(c, tools, on_loop)
+      local a = llamacpp.agent{ client = c, tools = tools, request = { max_tokens = 50 } }
+      local last
+      if on_loop then
+        lu.agent_stream(a, "weather?", function(ev) last = ev end, { uv = luv })
+        luv.run()
+      else
+        for ev in a:stream("weather?") do last = ev end
+      end
+      assert.equal("done", last.type, tostring(last.error))
+      return last, bodies()[2].messages
+    end
+    for _, on_loop in ipairs{ false, true } do
+      local how = on_loop and " on the loop" or ""
+      it("Anthropic, streamed" .. how .. ": the assembled tool_use goes back with its result", function()
+        if on_loop and not has_luv then return pending("luv is not installed for " .. _VERSION) end
+        replay("anthropic_tools_stream", "text/event-stream")
+        replay("anthropic_stream", "text/event-stream")
+        local c = llamacpp.new{ endpoint = srv.endpoint, provider = "anthropic", api_key = "k", model = "claude" }
+        local done, m = streamed(c, { get_weather = CITY, get_time = { run = function() return "noon" end } },
+                                 on_loop)
+        assert.equal(2, #done.steps)
+        assert.equal(0, done.tool_errors)
+        local uses = {}
+        for _, b in ipairs(m[2].content) do if b.type == "tool_use" then uses[#uses + 1] = b end end
+        assert.equal(2, #uses)
+        assert.equal("toolu_01T1x1fJ34qAmk2tNTrN7Up6", uses[1].id)
+        assert.equal("San Francisco, CA", uses[1].input.location)
+        assert.equal("get_time", uses[2].name)
+        -- both results in one user message, in the calls' order
+        assert.equal("user", m[3].role)
+        assert.same({ { type = "tool_result", tool_use_id = uses[1].id, content = "sunny in San Francisco, CA" },
+                      { type = "tool_result", tool_use_id = uses[2].id, content = "noon" } }, m[3].content)
+      end)
+      it("Ollama, streamed" .. how .. ": both calls go back, each result with its tool_name", function()
+        if on_loop and not has_luv then return pending("luv is not installed for " .. _VERSION) end
+        replay("ollama_tools_stream", "application/x-ndjson")
+        replay("ollama_chat_stream", "application/x-ndjson")
+        local c = llamacpp.new{ endpoint = srv.endpoint, provider = "ollama", model = "llama3.2" }
+        local done, m = streamed(c, { get_temperature = CITY, get_conditions = CITY }, on_loop)
+        assert.equal(2, done.tool_calls)
+        assert.equal(2, #m[2].tool_calls)
+        assert.same({ city = "New York" }, m[2].tool_calls[1]["function"].arguments)
+        assert.same({ role = "tool", tool_name = "get_temperature", content = "sunny in New York",
+                      tool_call_id = m[2].tool_calls[1].id }, m[3])
+        assert.equal("get_conditions", m[4].tool_name)
+      end)
+    end
   end)
 
   describe("with on_overflow = 'trim'", function()
@@ -502,6 +558,27 @@ describe("llamacpp.agent", function()
       assert.is_nil(gerr)
       assert.equal("waited", got.content)
       assert.equal("slept true", got.messages[3].content)
+    end)
+
+    it("a tool that calls coroutine.yield() goes on when the loop has turned", function()
+      srv:reply(calls{ name = "busy", arguments = {}, id = "b" })
+      srv:reply{ content = "ok" }
+      local ticks, seen = 0, {}
+      local tk = luv.new_timer()
+      tk:start(0, 1, function() ticks = ticks + 1 end)
+      local tools = { busy = { run = function()
+        for i = 1, 3 do
+          local before = ticks
+          repeat coroutine.yield() until ticks > before    -- the timer ran between two resumes
+          seen[i] = ticks
+        end
+        return "worked"
+      end } }
+      local got
+      lu.agent_run(agent{ tools = tools }, "go", function(res) got = res; tk:stop(); tk:close() end, { uv = luv })
+      spin()
+      assert.equal(3, #seen)
+      assert.equal("worked", got.messages[3].content)
     end)
 
     it("agent_run with parallel = true runs a step's calls together, results in the calls' order", function()

@@ -695,9 +695,12 @@ local function agent_run(agent, input, cb, opts, streaming, fname)
           go(job, agents.FAILED, e)
         end
       else                                  -- yielded: again when the loop has turned
-        local t = uv.new_timer()
-        t:start(0, 0, function()
-          t:close()
+        -- an idle handle, not a 0 ms timer: libuv runs a timer started from a
+        -- timer callback in the same pass, and would never poll the sockets
+        local idle = uv.new_idle()
+        idle:start(function()
+          idle:stop()
+          idle:close()
           go(job)
         end)
       end
