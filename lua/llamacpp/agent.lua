@@ -229,6 +229,7 @@ end
 local AWAIT = setmetatable({}, { __name = "llamacpp.agent.await" })
 --- Resumed with this first (then a message), a tool's ctx.await raises
 -- the message in the tool (for drivers).
+-- @field FAILED
 M.FAILED = setmetatable({}, { __name = "llamacpp.agent.failed" })
 local FAILED = M.FAILED
 
@@ -248,15 +249,16 @@ end
 
 --- Resumes a tool call's coroutine (a job of @{loop}, for drivers):
 -- "done" when it ended (its outcome in the job), `"await", start` when it
--- waits for `start(done)` (resume it with `true, ...` (what done got), or
--- `false, message` to raise in it), "yield" when it yielded otherwise
--- (resume it with nothing when the loop has turned).
+-- waits for `start(done)` (resume it with what done got, or with
+-- @{FAILED} and a message to raise in it), "yield" when it yielded
+-- otherwise (resume it with nothing when the loop has turned). `job.ms`:
+-- from its first resume to its end, the waits included.
 -- @tparam table job
 -- @return what the tool did
 function M.resume(job, ...)
-  local t0 = now()
+  job.t0 = job.t0 or now()
   local r = pack(coroutine.resume(job.co, ...))
-  job.ms = (job.ms or 0) + (now() - t0)
+  job.ms = now() - job.t0
   if coroutine.status(job.co) ~= "dead" then
     if r[2] == AWAIT then return "await", r[3] end
     return "yield"
@@ -481,18 +483,25 @@ function M.loop(io, agent, msgs, opts)
     local raise = agent.on_tool_error == "raise"
     local together = io.parallel and agent.parallel
     local batch = {}
+    local function started(job)
+      emit{ type = "tool_start", step = step, id = job.id, name = job.name, arguments = job.arguments }
+    end
     for _, job in ipairs(jobs) do
       if failed and raise then break end
-      emit{ type = "tool_start", step = step, id = job.id, name = job.name, arguments = job.arguments }
       if not job.co then
+        started(job)
         ended(job)
       elseif together then
         batch[#batch + 1] = job
       else
+        started(job)
         io.tools({ job }, ended)
       end
     end
-    if #batch > 0 and not (failed and raise) then io.tools(batch, ended) end
+    if #batch > 0 and not (failed and raise) then
+      for _, job in ipairs(batch) do started(job) end
+      io.tools(batch, ended)
+    end
     run.tool_calls = run.tool_calls + #calls
     run.stats.tool_calls, run.stats.tool_errors = run.tool_calls, run.tool_errors
     for _, job in ipairs(jobs) do
