@@ -88,7 +88,7 @@ describe("llamacpp.testing", function()
   end)
 
   it("drives an agent loop end to end (examples/agent.lua)", function()
-    fake:reply{ tool_calls = { { name = "add", arguments = { a = 12.5, b = 30 } } } }
+    fake:reply{ tool_calls = { { name = "calc", arguments = { expression = "12.5 + 30" } } } }
     fake:reply{ content = "12.5 + 30 = 42.5." }
     local lua = type(jit) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
     local p = io.popen(util.CLEAN_ENV .. " LLAMACPP_ENDPOINT=" .. fake.endpoint ..
@@ -96,15 +96,14 @@ describe("llamacpp.testing", function()
     local out = p:read("*a")
     p:close()
     assert.matches("rc=0", out)
-    assert.matches("%[turn 1%] add%(", out)
-    assert.matches('{"sum":42.5}', out)
+    assert.matches("%[step 1%] calc%(", out)
     assert.matches("12%.5 %+ 30 = 42%.5%.", out)
     local reqs = fake:requests()
     assert.equal(2, #reqs)
     local second = require("cjson").decode(reqs[2].body)
     local last = second.messages[#second.messages]
     assert.equal("tool", last.role)
-    assert.equal('{"sum":42.5}', last.content)
+    assert.equal('{"value":42.5}', last.content)
   end)
 
   it("refuses a reply that is not a table", function()
