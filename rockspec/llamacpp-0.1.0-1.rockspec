@@ -30,7 +30,7 @@ build = {
     ["llamacpp.core"] = {
       sources = { "src/core.c", "src/session.c", "src/transfer.c", "src/multi.c",
                   "src/fastpath.c", "src/error.c", "src/clock.c", "src/sse.c",
-                  "src/hash.c" },
+                  "src/hash.c", "src/media.c" },
       libraries = { "curl" },
       incdirs = { "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },
@@ -45,6 +45,7 @@ build = {
     ["llamacpp.providers.native"] = "lua/llamacpp/providers/native.lua",
     ["llamacpp.text"] = "lua/llamacpp/text.lua",
     ["llamacpp.agent"] = "lua/llamacpp/agent.lua",
+    ["llamacpp.media"] = "lua/llamacpp/media.lua",
     ["llamacpp.context"] = "lua/llamacpp/context.lua",
     ["llamacpp.testing"] = "lua/llamacpp/testing.lua",
     ["llamacpp.testing.render"] = "lua/llamacpp/testing/render.lua",

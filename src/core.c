@@ -2,7 +2,8 @@
 ** core.c: luaopen_llamacpp_core, registration only. The classes
 ** llamacpp.Session and llamacpp.Transfer (their methods: session.c,
 ** transfer.c), and the module table: session() -> Session, now() ->
-** monotonic ms, sleep(ms) (clock.c), hash(s) (hash.c), Error (the
+** monotonic ms, sleep(ms) (clock.c), hash(s) (hash.c), base64(s [, prefix])
+** (media.c), Error (the
 ** llamacpp.Error metatable, error.c), version strings. No other file uses anything of this one.
 */
 #include <curl/curl.h>
@@ -46,6 +47,7 @@ static const luaL_Reg core_funcs[] = {
   {"session", lcpp_session_new},
   {"now", lcpp_core_now},
   {"hash", lcpp_core_hash},
+  {"base64", lcpp_core_base64},
   {NULL, NULL}
 };
 

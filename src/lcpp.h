@@ -110,6 +110,9 @@ LCPP_HIDDEN int lcpp_core_now (lua_State *L);
 LCPP_HIDDEN int lcpp_core_sleep (lua_State *L);
 LCPP_HIDDEN int lcpp_core_hash (lua_State *L);
 
+/* media.c */
+LCPP_HIDDEN int lcpp_core_base64 (lua_State *L);
+
 /* error.c */
 LCPP_HIDDEN void lcpp_error_open (lua_State *L);
 LCPP_HIDDEN void lcpp_pushfailure (lua_State *L, const Transfer *t);

@@ -1126,13 +1126,16 @@ function steps.health(io, self, opts)
   if not routed then return { status = "ok", model = name, state = "loaded" } end
   if not d or d.state == "failed" then return nil, model_error(self, name, d, private[self].served) end
   -- llama-swap starts a model on its first request, and holds the request until it runs
-  return { status = "ok", model = name, state = d.state, on_demand = d.owned_by == "llama-swap" or nil }
+  local arch = type(d.architecture) == "table" and d.architecture
+  return { status = "ok", model = name, state = d.state, on_demand = d.owned_by == "llama-swap" or nil,
+           inputs = arch and type(arch.input_modalities) == "table" and arch.input_modalities or nil }
 end
 
 --- GET /health: {status = "ok"}, or nil, Error (503 "Loading model" is an
 -- http error with retryable = true). With opts.model, that model on a
 -- router-mode server (whose own /health says nothing of its models):
--- {status = "ok", model =, state =} while the server lists it and it has
+-- {status = "ok", model =, state =, inputs =} (inputs: what the model
+-- takes, {"text", "image", ...}, when the list says) while the server lists it and it has
 -- not failed (an unloaded one loads on demand), else an Error of kind
 -- `model` (code `model_not_found`, or `model_failed` with `exit_code`).
 -- @within Client

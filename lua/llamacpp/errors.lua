@@ -74,6 +74,11 @@ local SWAP_REFUSALS = {
   { "^model id required in path$", "model_not_found" },          -- /upstream/NAME/...
 }
 
+-- llama-server's refusal of an image or audio part when no projector
+-- (--mmproj) is loaded: a 500 that no retry changes (media_*_no_mmproj
+-- in ../shared/wire).
+local MEDIA_REFUSAL = "^(%a+) input is not supported"
+
 -- What a gateway's status usually means, and what to change.
 local GATEWAY_HINTS = {
   [502] = "the gateway could not reach the server behind it (is it running? the gateway's upstream address?)",
@@ -160,6 +165,14 @@ function M.http(status, body, headers, label)
         break
       end
     end
+  end
+  local input = e.server and detail:match(MEDIA_REFUSAL)
+  if input then
+    -- a model without a projector: the same request gets the same answer
+    -- here, though another server (a vision model) may take it
+    e.code, e.retryable, e.input = "unsupported_media", false, input
+    detail = detail:gsub(" %- hint: .*$", "") .. " (the model has no " .. input .. " projector: start" ..
+             " llama-server with the model's --mmproj FILE, or send it to a model that takes " .. input .. " input)"
   end
   return M.new("http", (label or "server") .. " error (" .. tostring(status) .. "): " .. detail, e)
 end

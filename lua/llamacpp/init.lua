@@ -102,7 +102,8 @@ local M = {
 -- @field kind `connection`, `timeout`, `tls`, `network`, `truncated`, `http`,
 --   `protocol`, `cancelled`, `no_provider`, `model` (router-mode models) or
 --   `context` (client:fit: what must be kept is over the budget), `tool` (an
---   agent's failed tool call, with `on_tool_error = "raise"`) (and, in a
+--   agent's failed tool call, with `on_tool_error = "raise"`), `media`
+--   (@{image} and @{audio}: a file unreadable, of unknown type or too large) (and, in a
 --   router's `attempts` only, `unsupported`: that deployment cannot express
 --   the request)
 -- @field message what happened, e.g. `llama-server not running at <endpoint>`
@@ -137,6 +138,22 @@ M.new = client.new
 -- @tparam table opts
 -- @treturn llamacpp.agent.Agent
 function M.agent(opts) return require("llamacpp.agent").new(opts) end
+
+--- An image content part from a file or its bytes (base64 in the C
+-- core): see @{llamacpp.media.image}.
+-- @usage content = { { type = "text", text = "Describe it." }, assert(llamacpp.image("cat.png")) }
+-- @function image
+-- @tparam string src a file path or the bytes
+-- @tparam[opt] table opts `mime`, `max_bytes`, `detail`
+-- @treturn table the part, or nil and an @{Error} of kind `media`
+function M.image(src, opts) return require("llamacpp.media").image(src, opts) end
+
+--- An audio content part from a file or its bytes: see @{llamacpp.media.audio}.
+-- @function audio
+-- @tparam string src a file path or the bytes
+-- @tparam[opt] table opts `format`, `max_bytes`
+-- @treturn table the part, or nil and an @{Error} of kind `media`
+function M.audio(src, opts) return require("llamacpp.media").audio(src, opts) end
 
 --- libcurl's version and those of its libraries, as `curl --version` names
 -- them ("libcurl/7.88.1 OpenSSL/3.0.15 zlib/1.2.13 ..."). Made when called:

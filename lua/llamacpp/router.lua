@@ -204,7 +204,9 @@ end
 -- affinity tiers answered at the key's own deployment, or elsewhere:
 -- its home was down, cooling or full), cached_tokens and
 -- evaluated_tokens (prompt tokens the server read from its cache, and
--- those it evaluated, as its answers said).
+-- those it evaluated, as its answers said); inputs, what its model takes
+-- (`{text = true, image = false, ...}`: declared, or learned from a
+-- router-mode server's model list or a refusal; nil when unknown).
 function Router:status()
   local now = self.clock()
   local out = {}
@@ -217,6 +219,7 @@ function Router:status()
       healthy = rec.healthy, health_error = rec.health_error,
       answered = rec.answered, home = rec.home, away = rec.away,
       cached_tokens = rec.cached_tokens, evaluated_tokens = rec.evaluated_tokens,
+      inputs = Plan.inputs_of(rec),
     }
   end
   return out

@@ -105,11 +105,27 @@ local function cache_arg(c)
                        similarity = c.similarity or 0.1, words = c.words or 2, n_ctx = c.n_ctx or 4096 }
 end
 
+-- The --inputs list of start's `inputs` option, checked.
+local INPUTS = { text = true, image = true, audio = true }
+local function inputs_arg(list)
+  args.check(type(list) == "table" and #list > 0, 1, "start", "'inputs' must be a list like {\"text\", \"image\"}")
+  for _, v in ipairs(list) do
+    args.check(INPUTS[v] == true, 1, "start", "'inputs': unknown input '" .. tostring(v) ..
+               "' (text, image or audio)")
+  end
+  return table.concat(list, ",")
+end
+
 --- Starts a server.
 -- opts.dirs: directories of NAME.response files searched after the scratch directory;
 -- opts.idle: seconds without activity after which the server exits (default 120);
 -- opts.quiet: log only aborts and missing fixtures (for soak runs);
--- opts.cache: the server keeps a prompt cache as llama-server does (below).
+-- opts.cache: the server keeps a prompt cache as llama-server does (below);
+-- opts.inputs: what its model takes, e.g. {"text", "image"}: a chat with an
+-- image or audio part it does not take is refused under `srv.endpoint` as
+-- llama-server without --mmproj refuses it (500 "image input is not
+-- supported - hint: ..."), never with a queued reply, and a caching
+-- server's /props says them (`modalities`). Without it every part is taken.
 --
 -- With `cache = {slots =, per_token =, similarity =, words =, n_ctx =}` (all
 -- optional) the server caches prompts like llama-server
@@ -164,6 +180,7 @@ function M.start(opts)
   if opts.idle then cmd[#cmd + 1] = "--idle " .. q(opts.idle) end
   if opts.quiet then cmd[#cmd + 1] = "--quiet" end
   if cache_json then cmd[#cmd + 1] = "--cache " .. q(cache_json) end
+  if opts.inputs ~= nil then cmd[#cmd + 1] = "--inputs " .. q(inputs_arg(opts.inputs)) end
   local proc = assert(io.popen(table.concat(cmd, " "), "r"))
   local line = proc:read("*l")
   local port = tonumber(line and line:match("^PORT (%d+)") or "")
@@ -237,9 +254,10 @@ end
 -- unloads them (`POST /models/load`, `/models/unload`), and names the
 -- model that served each answer (chat content "model NAME", props'
 -- `model_alias`, ...). conf fields (all optional):
---   models     {"a", {name = "b", fail = 1, n_ctx = 2048, aliases = {"c"}}, ...}
+--   models     {"a", {name = "b", fail = 1, n_ctx = 2048, aliases = {"c"}, inputs = {"text", "image"}}, ...}
 --              (default {"tiny", "tiny-tools"}); `fail` = the exit code of a
---              child that dies while loading
+--              child that dies while loading; `inputs` what it takes (default
+--              {"text"}: image and audio parts are refused as without --mmproj)
 --   loaded     names running at the start (default none)
 --   load_time  seconds a load takes (default 0.2)
 --   autoload   false: a request to a model not running is refused (default true)

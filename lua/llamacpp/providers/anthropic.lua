@@ -22,6 +22,7 @@ local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 local args = require "llamacpp.args"
 local base = require "llamacpp.providers.base"
+local media = require "llamacpp.media"
 
 local M = base.provider{
   name = "anthropic", chat_path = "/v1/messages", default_endpoint = "https://api.anthropic.com",
@@ -81,9 +82,9 @@ local function block_of(part)
   if part.type == "image_url" then
     local u = type(part.image_url) == "table" and part.image_url.url or part.image_url
     if type(u) == "string" then
-      local media, data = u:match("^data:([^;,]+);base64,(.*)$")
-      if media then
-        return { type = "image", source = { type = "base64", media_type = media, data = data } }
+      local mtype, data = u:match("^data:([^;,]+);base64,(.*)$")
+      if mtype then
+        return { type = "image", source = { type = "base64", media_type = mtype, data = data } }
       end
       return { type = "image", source = { type = "url", url = u } }
     end
@@ -218,12 +219,29 @@ end
 -- Anthropic's smallest thinking budget (its API refuses less).
 local MIN_BUDGET = 1024
 
---- Why the Messages API cannot take req (nil when it can).
+-- The image types the Messages API takes.
+local IMAGE_TYPES = { ["image/jpeg"] = true, ["image/png"] = true, ["image/gif"] = true, ["image/webp"] = true }
+
+--- Why the Messages API cannot take req (nil when it can): a thinking
+-- budget under its smallest, audio, an image type it does not take.
 function M.unsupported(req)
   local _, budget = base.thinking(req)
   if budget and budget < MIN_BUDGET then
     return "Anthropic's smallest thinking budget is " .. MIN_BUDGET .. " tokens (thinking_budget = " ..
            budget .. ")"
+  end
+  local inputs = media.inputs(req)
+  if not inputs then return nil end
+  if inputs.audio then return "Anthropic's Messages API takes no audio ('input_audio' parts)" end
+  for _, m in ipairs(req.messages) do
+    for _, part in ipairs(type(m) == "table" and type(m.content) == "table" and m.content or {}) do
+      local u = type(part) == "table" and part.type == "image_url" and
+                (type(part.image_url) == "table" and part.image_url.url or part.image_url)
+      local mime = type(u) == "string" and u:match("^data:([^;,]+);base64,")
+      if mime and not IMAGE_TYPES[mime] then
+        return "Anthropic takes JPEG, PNG, GIF and WebP images, not " .. mime
+      end
+    end
   end
 end
 

@@ -18,6 +18,7 @@
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
 local base = require "llamacpp.providers.base"
+local media = require "llamacpp.media"
 local args = require "llamacpp.args"
 
 -- A key is sent as a bearer token: Ollama's API has one only behind a
@@ -142,6 +143,9 @@ function M.unsupported(req)
   if budget then
     return "Ollama has no thinking budget ('thinking_budget'): only thinking on or off"
   end
+  local inputs = media.inputs(req)
+  if not inputs then return nil end
+  if inputs.audio then return "Ollama's /api/chat takes no audio ('input_audio' parts)" end
   local msgs = req.messages or {}
   for i = 1, #msgs do
     local content = type(msgs[i]) == "table" and msgs[i].content

@@ -25,8 +25,9 @@ local CLIENT_FIELDS = {
 -- ... and the router's own.
 local DEPLOYMENT_FIELDS = {
   provider = "string", name = "string", weight = "number", auth_token = "key",
-  organization = "string", project = "string", params = "table",
+  organization = "string", project = "string", params = "table", inputs = "table",
 }
+
 
 local ROUTER_OPTIONS = {
   tiers = "table", default_tier = "string", retries = "number",
@@ -55,6 +56,21 @@ local function default_clock() return core.now() / 1000 end
 
 
 -- {====== deployments ======
+
+local INPUTS = { text = true, image = true, audio = true }
+
+-- A deployment's `inputs` list -> the set of what its model takes.
+local function inputs_set(list, where)
+  local set = {}
+  if #list == 0 then fail(where .. ": 'inputs' must be a list like {\"text\", \"image\"}") end
+  for i, v in ipairs(list) do
+    if not INPUTS[v] then
+      fail(where .. ": 'inputs' [" .. i .. "]: unknown input '" .. tostring(v) .. "' (text, image or audio)")
+    end
+    set[v] = true
+  end
+  return set
+end
 
 -- A deployment record: the client, and the state the router keeps about
 -- it. The API key is only inside the client (never on this table).
@@ -101,6 +117,7 @@ local function make_deployment(d, where, health)
     client = c,
     weight = d.weight or 1,
     params = d.params,
+    inputs = d.inputs and inputs_set(d.inputs, where),   -- declared; else learned (router/plan.lua)
     answered = 0, home = 0, away = 0, cached_tokens = 0, evaluated_tokens = 0,
     active = setmetatable({}, { __mode = "k" }),   -- plans with an attempt here (router/plan.lua)
     failures = 0, cool_until = -huge, retry_at = -huge,

@@ -22,6 +22,7 @@ local args = require "llamacpp.args"
 local base = require "llamacpp.providers.base"
 local json = require "llamacpp.json"
 local hash = require("llamacpp.core").hash
+local media = require "llamacpp.media"
 
 local type, pairs, ipairs, next, tostring = type, pairs, ipairs, next, tostring
 local setmetatable, pcall = setmetatable, pcall
@@ -159,11 +160,46 @@ function M.health_opts(rec)
   return rec.model and { model = rec.model } or nil
 end
 
--- What a health check answered.
+-- What a health check answered. A router-mode server's list says what
+-- the model takes (architecture.input_modalities): learned, unless the
+-- deployment declares its inputs.
 function M.health_answer(router, rec, obj, err)
   rec.checked_at = router.clock()
   rec.healthy = obj ~= nil
   rec.health_error = err
+  if obj and type(obj.inputs) == "table" then
+    local set = { text = false, image = false, audio = false }
+    for _, v in ipairs(obj.inputs) do set[v] = true end
+    rec.learned, rec.learned_from = set, "its model list"
+  end
+end
+
+-- Why rec's model cannot take a request carrying `inputs` (a set, from
+-- llamacpp.media.inputs): what the deployment declares, else what was
+-- learned (its model list, or a refusal of the same input). nil: it may.
+local function refuses_inputs(rec, inputs)
+  if not inputs then return nil end
+  for _, what in ipairs{ "image", "audio" } do
+    if inputs[what] then
+      if rec.inputs then
+        if not rec.inputs[what] then return "it takes no " .. what .. " input (its 'inputs')" end
+      elseif rec.learned and rec.learned[what] == false then
+        return "its model takes no " .. what .. " input (learned from " .. rec.learned_from .. ")"
+      end
+    end
+  end
+end
+
+--- What a deployment takes, as status() shows it: the declared inputs,
+-- else those learned (image = false after a refusal), else nil.
+function M.inputs_of(rec)
+  local set = rec.inputs or rec.learned
+  if not set then return nil end
+  local out = {}
+  for _, what in ipairs{ "text", "image", "audio" } do
+    if set[what] ~= nil then out[what] = set[what] end
+  end
+  return out
 end
 
 -- The deployments to try in one pass: those free to take a request;
@@ -283,6 +319,7 @@ function M.new(router, req, fname, check)
                (fname == "router_chat" and "router_stream" or "chat_stream"))
   end
   return setmetatable({ router = router, tier = tier_of(router, req), req = req, resumable = resumable,
+                        inputs = media.inputs(req),
                         check = check or M.check_health,
                         pass = 0, queue = {}, qi = 1, attempts = {}, waited = false, spent = {},
                         running = nil, delivered = 0 }, Plan)
@@ -306,6 +343,7 @@ function Plan:next()
         if not why and rec.model and req.model ~= nil and req.model ~= rec.model then
           why = "it serves model '" .. rec.model .. "', the request asks for '" .. tostring(req.model) .. "'"
         end
+        why = why or refuses_inputs(rec, self.inputs)
         if why then
           -- this deployment's wire cannot carry the request: the next one may
           self:record(it, errors.new("unsupported", "deployment " .. rec.name ..
@@ -356,7 +394,11 @@ end
 -- Answers that say this deployment cannot serve the request's model,
 -- though another one may (router mode: not served there, not loaded, its
 -- server process died): not retryable on it, but the next one is tried.
-local DEPLOYMENT_FAULTS = { model_not_found = true, model_not_loaded = true, model_failed = true }
+-- A model without a projector refusing an image or audio part
+-- (unsupported_media) is one too: the deployment is not sent that input
+-- again (it learns), another may take it.
+local DEPLOYMENT_FAULTS = { model_not_found = true, model_not_loaded = true, model_failed = true,
+                            unsupported_media = true }
 
 -- An answer's figures, per deployment (router:status()): answered, and
 -- for affinity tiers whether at the key's home; the prompt tokens the
@@ -385,6 +427,10 @@ function Plan:outcome(it, err, res)
   end
   label(err, it)
   failed(self.router, rec, err)
+  if err.code == "unsupported_media" and not rec.inputs and (err.input == "image" or err.input == "audio") then
+    rec.learned = rec.learned or {}
+    rec.learned[err.input], rec.learned_from = false, "a refusal"
+  end
   if self.delivered == 0 and (err.retryable or DEPLOYMENT_FAULTS[err.code]) then
     self:record(it, err)
     return "next"

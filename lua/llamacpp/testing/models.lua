@@ -24,6 +24,7 @@
 -- `{"error": "..."}` (JSON when asked for, else the text alone).
 -- @module llamacpp.testing.models
 local cjson = require "cjson"
+local render = require "llamacpp.testing.render"
 
 local M = {}
 
@@ -38,7 +39,9 @@ end
 local function ok(obj) return { status = 200, json = obj } end
 
 --- A router from its configuration (what `srv:router{}` wrote):
--- `models` = {"a", {name = "b", fail = 1, n_ctx = 2048, aliases = {...}}, ...},
+-- `models` = {"a", {name = "b", fail = 1, n_ctx = 2048, aliases = {...},
+-- inputs = {"text", "image"}}, ...} (inputs: default {"text"}; the others
+-- are refused as without --mmproj),
 -- `loaded` = names running at the start, `load_time` (seconds, default
 -- 0.2), `autoload` (default true), `metrics`/`embeddings` (the router's
 -- flags: else the child's 501).
@@ -51,7 +54,10 @@ function M.new(conf)
   for _, n in ipairs(conf.loaded or {}) do loaded[n] = true end
   for _, m in ipairs(conf.models or {}) do
     if type(m) == "string" then m = { name = m } end
+    local inputs = {}
+    for _, v in ipairs(m.inputs or { "text" }) do inputs[v] = true end
     local st = { name = m.name, fail = m.fail, n_ctx = m.n_ctx or 1024, aliases = m.aliases or {},
+                 input_list = m.inputs or { "text" }, inputs = inputs,
                  state = loaded[m.name] and "loaded" or "unloaded", exit_code = 0 }
     r.models[m.name] = st
     r.order[#r.order + 1] = st
@@ -79,7 +85,7 @@ local function entry(m, state)
   end
   local e = { id = m.name, aliases = m.aliases, tags = {}, object = "model", owned_by = "llamacpp",
               created = 1796407375, status = status, source = "models_dir", can_remove = false,
-              architecture = { input_modalities = { "text" }, output_modalities = { "text" } } }
+              architecture = { input_modalities = m.input_list, output_modalities = { "text" } } }
   if state == "loaded" then e.meta = { n_ctx = m.n_ctx, n_ctx_train = 2048 } end
   return e
 end
@@ -246,7 +252,8 @@ function Router:child(m, path, body)
   if path == "/props" then
     return ok{ model_alias = m.name, model_path = "models/" .. m.name .. ".gguf",
                default_generation_settings = { n_ctx = m.n_ctx }, total_slots = 1,
-               build_info = "b0-testing", is_sleeping = false }
+               build_info = "b0-testing", is_sleeping = false,
+               modalities = { vision = m.inputs.image == true, video = false, audio = m.inputs.audio == true } }
   elseif path == "/slots" then
     return ok{ { id = 0, n_ctx = m.n_ctx, is_processing = false } }
   elseif path == "/metrics" then
@@ -286,6 +293,8 @@ function Router:child(m, path, body)
     return ok{ model = m.name, object = "list", data = { { index = 0, object = "embedding",
                embedding = { 0.5, 0.25 } } }, usage = { prompt_tokens = 2, total_tokens = 2 } }
   elseif path == "/v1/chat/completions" or path == "/chat/completions" then
+    local refusal = render.media_refusal(body, m.inputs)     -- a model without --mmproj
+    if refusal then return err(refusal.status, refusal.error, refusal.error_type) end
     return { chat = { content = text, model = m.name } }
   end
   return err(404, "File Not Found", "not_found_error")

@@ -187,6 +187,25 @@ function M.sse_head()
 end
 M.chunk = chunk
 
+--- llama-server's refusal of a request with an image or audio part that
+-- its model does not take (no --mmproj: the media_*_no_mmproj captures),
+-- as a reply; nil when `inputs` (a set: {text = true, image = true})
+-- takes every part of body's messages.
+function M.media_refusal(body, inputs)
+  local msgs = type(body) == "table" and body.messages
+  for _, m in ipairs(type(msgs) == "table" and msgs or {}) do
+    local content = type(m) == "table" and m.content
+    for _, part in ipairs(type(content) == "table" and content or {}) do
+      local t = type(part) == "table" and part.type
+      local what = (t == "image_url" and "image") or (t == "input_audio" and "audio") or nil
+      if what and not inputs[what] then
+        return { status = 500, error_type = "server_error", error = what ..
+                 " input is not supported - hint: if this is unexpected, you may need to provide the mmproj" }
+      end
+    end
+  end
+end
+
 --- llama-server's error answer: status, headers and JSON body.
 function M.error_response(status, message, etype)
   local body = cjson.encode{ error = { code = status, type = etype or ERROR_TYPES[status] or "server_error",
