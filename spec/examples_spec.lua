@@ -165,6 +165,29 @@ describe("examples", function()
     fake:stop()
   end)
 
+  it("vision.lua sends the file's image and streams the description; a model without one says what to do", function()
+    local fake = require("llamacpp.testing").start{ inputs = { "text", "image" } }
+    fake:reply{ content = "A single pixel." }
+    local code, out, err = run("examples/vision.lua", { LLAMACPP_ENDPOINT = fake.endpoint },
+                               { "spec/fixtures/media/pixel.png" })
+    assert.equal(0, code, err)
+    assert.equal("A single pixel.\n", out)
+    local reqs = fake:requests()
+    local part = reqs[#reqs].json.messages[1].content[2]
+    assert.matches("^data:image/png;base64,iVBORw0KGgo", part.image_url.url)
+    fake:stop()
+    local blind = require("llamacpp.testing").start{ inputs = { "text" } }
+    code, _, err = run("examples/vision.lua", { LLAMACPP_ENDPOINT = blind.endpoint },
+                       { "spec/fixtures/media/tone.wav" })
+    assert.equal(1, code)
+    assert.matches("audio input is not supported", err, 1, true)
+    assert.matches("--mmproj", err, 1, true)
+    code, _, err = run("examples/vision.lua", { LLAMACPP_ENDPOINT = blind.endpoint }, { "README.md" })
+    assert.equal(1, code)
+    assert.matches("unknown audio type", err, 1, true)
+    blind:stop()
+  end)
+
   it("agent.lua runs its tools on the model's calls and streams the answer", function()
     local fake = require("llamacpp.testing").start()
     fake:reply{ tool_calls = { { name = "read_file", arguments = { path = "README.md" }, id = "r" },
