@@ -177,6 +177,7 @@ describe("examples", function()
     assert.matches("^data:image/png;base64,iVBORw0KGgo", part.image_url.url)
     fake:stop()
     local blind = require("llamacpp.testing").start{ inputs = { "text" } }
+    local _
     code, _, err = run("examples/vision.lua", { LLAMACPP_ENDPOINT = blind.endpoint },
                        { "spec/fixtures/media/tone.wav" })
     assert.equal(1, code)

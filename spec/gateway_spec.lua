@@ -99,31 +99,20 @@ end)
 -- A real nginx, as people run it in front of llama-server.
 local nginx = io.popen("command -v nginx || ls /usr/sbin/nginx 2>/dev/null"):read("*l")
 
-describe("a real nginx in front", function()
-  if not nginx then
-    it("is needed for these checks", function()
-      pending("nginx is not installed (apt-get install nginx-light; make deps installs it)")
-    end)
-    return
-  end
-
-  local fake, dir, port, pid
-  local function read(name)                          -- a file of nginx's directory, "" if none
-    local h = io.open(dir .. "/" .. name)
+-- Starts nginx with `servers` (its server blocks; %{dir} is its directory)
+-- in the background under a hang guard: {dir =, read(name), stop()}.
+local function start_nginx(servers)
+  local n = { dir = os.tmpname() }
+  os.remove(n.dir)
+  assert(os.execute("mkdir -p '" .. n.dir .. "'"))
+  function n.read(name)                            -- a file of nginx's directory, "" if none
+    local h = io.open(n.dir .. "/" .. name)
     local text = h and h:read("*a") or ""
     if h then h:close() end
     return text
   end
-  setup(function()
-    fake = testing.start()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p '" .. dir .. "'"))
-    port = util.closed_port()
-    local closed = util.closed_port()
-    local up = fake.endpoint:match("^http://([^/]+)")
-    local prefix = fake.endpoint:match("^http://[^/]+(/.*)$") or ""
-    local conf = ([[
+  local dir = n.dir
+  local conf = ([[
 worker_processes 1;
 pid %s/nginx.pid;
 error_log %s/error.log;
@@ -132,34 +121,56 @@ http {
   access_log off;
   client_body_temp_path %s/body; proxy_temp_path %s/proxy; fastcgi_temp_path %s/fcgi;
   uwsgi_temp_path %s/uwsgi; scgi_temp_path %s/scgi;
+]]):format(dir, dir, dir, dir, dir, dir, dir) .. servers:gsub("%%{dir}", dir) .. "\n}\n"
+  local f = assert(io.open(dir .. "/nginx.conf", "w"))
+  f:write(conf)
+  f:close()
+  local port = tonumber(servers:match("listen 127%.0%.0%.1:(%d+)"))
+  -- it writes its pid file once listening
+  os.execute(("timeout 300 %s -p '%s' -c '%s/nginx.conf' -g 'daemon off;' >'%s/out.log' 2>&1 &")
+             :format(nginx, dir, dir, dir))
+  local deadline = socket.gettime() + 20
+  while true do
+    local c = socket.connect("127.0.0.1", port)
+    if c then c:close() break end
+    if socket.gettime() > deadline then error("nginx did not start: " .. n.read("out.log") .. n.read("error.log")) end
+    socket.sleep(0.05)
+  end
+  function n.stop()
+    local pid = tonumber(n.read("nginx.pid"):match("%d+") or "")
+    if pid then os.execute("kill " .. pid .. " 2>/dev/null") end
+    socket.sleep(0.2)
+    os.execute("rm -rf '" .. dir .. "'")
+  end
+  return n
+end
+
+describe("a real nginx in front", function()
+  if not nginx then
+    it("is needed for these checks", function()
+      pending("nginx is not installed (apt-get install nginx-light; make deps installs it)")
+    end)
+    return
+  end
+
+  local fake, port, ngx
+  setup(function()
+    fake = testing.start()
+    port = util.closed_port()
+    local closed = util.closed_port()
+    while closed == port do closed = util.closed_port() end   -- the kernel may give the same one twice
+    local up = fake.endpoint:match("^http://([^/]+)")
+    local prefix = fake.endpoint:match("^http://[^/]+(/.*)$") or ""
+    ngx = start_nginx(([[
   server {
     listen 127.0.0.1:%d;
     location /llama/ { proxy_pass http://%s%s/; proxy_buffering off; proxy_read_timeout 1s; }
     location /small/ { proxy_pass http://%s%s/; client_max_body_size 1k; }
     location /down/  { proxy_pass http://127.0.0.1:%d/; }
-  }
-}
-]]):format(dir, dir, dir, dir, dir, dir, dir, port, up, prefix, up, prefix, closed)
-    local f = assert(io.open(dir .. "/nginx.conf", "w"))
-    f:write(conf)
-    f:close()
-    -- in the background under a hang guard; it writes its pid file once listening
-    os.execute(("timeout 300 %s -p '%s' -c '%s/nginx.conf' -g 'daemon off;' >'%s/out.log' 2>&1 &")
-               :format(nginx, dir, dir, dir))
-    local deadline = socket.gettime() + 20
-    while true do
-      local c = socket.connect("127.0.0.1", port)
-      if c then c:close() break end
-      if socket.gettime() > deadline then error("nginx did not start: " .. read("out.log") .. read("error.log")) end
-      socket.sleep(0.05)
-    end
-    pid = tonumber(read("nginx.pid"):match("%d+") or "")
+  }]]):format(port, up, prefix, up, prefix, closed))
   end)
   teardown(function()
-    pid = pid or tonumber(read("nginx.pid"):match("%d+") or "")
-    if pid then os.execute("kill " .. pid .. " 2>/dev/null") end
-    socket.sleep(0.2)
-    os.execute("rm -rf '" .. dir .. "'")
+    ngx.stop()
     fake:stop()
   end)
 
@@ -194,5 +205,122 @@ http {
     assert.equal(413, e413.status)
     assert.is_false(e413.retryable)
     assert.matches("413 Request Entity Too Large; .*client_max_body_size", e413.message)
+  end)
+end)
+
+-- HTTP/2 (issue 21, point 4): concurrent streams to an HTTP/2 endpoint share
+-- one connection from a cold start (CURLOPT_PIPEWAIT), up to the server's
+-- stream limit, instead of one connection each.
+describe("HTTP/2 through a real nginx", function()
+  local v = nginx and io.popen(nginx .. " -V 2>&1"):read("*a") or ""
+  local has_luv, luv = pcall(require, "luv")
+  local why = (not nginx and "nginx is not installed (apt-get install nginx-light)")
+    or (not v:find("http_v2_module", 1, true) and "this nginx has no HTTP/2 module")
+    or (not has_luv and "luv is not installed for " .. _VERSION .. " (apt-get install lua-luv)")
+    or (not llamacpp.curl_version():find("nghttp2", 1, true) and "this libcurl has no HTTP/2 (nghttp2)")
+    or (os.execute("command -v openssl >/dev/null 2>&1") ~= true and
+        os.execute("command -v openssl >/dev/null 2>&1") ~= 0 and "the openssl command is not installed")
+  if why then
+    it("is needed for these checks", function() pending(why) end)
+    return
+  end
+  local lu = require "llamacpp.uv"
+
+  local fake, port, port1, ngx
+  setup(function()
+    fake = testing.start()
+    port = util.closed_port()
+    port1 = util.closed_port()
+    while port1 == port do port1 = util.closed_port() end
+    local up = fake.endpoint:match("^http://([^/]+)")
+    local prefix = fake.endpoint:match("^http://[^/]+(/.*)$") or ""
+    local certdir = os.tmpname()
+    os.remove(certdir)
+    assert(os.execute("mkdir -p '" .. certdir .. "' && cd '" .. certdir .. "' && openssl req -x509 -newkey ec" ..
+      " -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=llamacpp-test" ..
+      " -addext subjectAltName=IP:127.0.0.1 >gen.log 2>&1"))
+    ngx = start_nginx(([[
+  log_format conns '$connection $server_protocol $status';
+  server {
+    listen 127.0.0.1:%d ssl http2;
+    ssl_certificate %s/cert.pem; ssl_certificate_key %s/key.pem;
+    access_log %%{dir}/access.log conns;
+    location /llama/ { proxy_pass http://%s%s/; proxy_buffering off; }
+  }
+  server {
+    listen 127.0.0.1:%d ssl;
+    ssl_certificate %s/cert.pem; ssl_certificate_key %s/key.pem;
+    location /llama/ { proxy_pass http://%s%s/; proxy_buffering off; }
+  }]]):format(port, certdir, certdir, up, prefix, port1, certdir, certdir, up, prefix))
+    ngx.certdir = certdir
+  end)
+  teardown(function()
+    ngx.stop()
+    os.execute("rm -rf '" .. ngx.certdir .. "'")
+    fake:stop()
+  end)
+
+  it("20 concurrent streams from a cold start share one connection, not 20", function()
+    local c = llamacpp.new{ endpoint = "https://127.0.0.1:" .. port .. "/llama", ca_file = ngx.certdir .. "/cert.pem",
+                            api_key = KEY }
+    for i = 1, 20 do fake:reply{ content = "stream " .. i .. " done", pace = 0.01 } end
+    local texts, ends = {}, 0
+    for i = 1, 20 do
+      local parts = {}
+      lu.chat_stream(c, { messages = MSGS }, function(ev)
+        if ev.type == "content" then parts[#parts + 1] = ev.content end
+        if ev.type == "done" or ev.type == "error" then
+          ends = ends + 1
+          texts[i] = ev.type == "done" and table.concat(parts) or tostring(ev.error)
+        end
+      end, { uv = luv })
+    end
+    luv.run()
+    assert.equal(20, ends)
+    local seen = {}
+    for i = 1, 20 do
+      assert.matches("^stream %d+ done$", texts[i])
+      assert.is_nil(seen[texts[i]])
+      seen[texts[i]] = true
+    end
+    -- nginx writes a request's log line after its last byte: wait for all
+    -- 20 (the bound is a hang guard)
+    local log
+    local deadline = socket.gettime() + 20
+    repeat
+      log = ngx.read("access.log")
+      local _, lines = log:gsub("\n", "")
+      if lines < 20 then socket.sleep(0.05) end
+    until lines >= 20 or socket.gettime() > deadline
+    local conns, n = {}, 0
+    for conn, proto, status in log:gmatch("(%d+) (%S+) (%d+)\n") do
+      assert.equal("HTTP/2.0", proto)
+      assert.equal("200", status)
+      n = n + 1
+      conns[conn] = true
+    end
+    assert.equal(20, n)
+    local distinct = 0
+    for _ in pairs(conns) do distinct = distinct + 1 end
+    -- nginx takes 128 streams at once on a connection (http2_max_concurrent_streams)
+    assert.equal(1, distinct, distinct .. " connections for 20 streams")
+  end)
+
+  it("over HTTPS with HTTP/1.1 only, a second stream does not wait for the first to end", function()
+    local c = llamacpp.new{ endpoint = "https://127.0.0.1:" .. port1 .. "/llama", ca_file = ngx.certdir .. "/cert.pem" }
+    local words = {}
+    for i = 1, 20 do words[i] = "w" .. i .. " " end
+    fake:reply{ tokens = words, pace = 0.05 }       -- 1 s, to whichever request comes first
+    fake:reply{ content = "quick", pace = 0.01 }
+    local order = {}
+    local function on(ev)
+      if ev.type == "done" then order[#order + 1] = ev.content == "quick" and "quick" or "slow" end
+      if ev.type == "error" then order[#order + 1] = tostring(ev.error) end
+    end
+    lu.chat_stream(c, { messages = MSGS }, on, { uv = luv })
+    lu.chat_stream(c, { messages = MSGS }, on, { uv = luv })
+    luv.run()
+    -- had the second waited for the first connection, the quick one would end last
+    assert.same({ "quick", "slow" }, order)
   end)
 end)
