@@ -195,6 +195,14 @@ describe("a real nginx in front", function()
     assert.is_nil(tostring(err):find(KEY, 1, true))
   end)
 
+  it("https:// to its plain-HTTP port fails at once, saying the server answered in plain HTTP", function()
+    local _, err = llamacpp.new{ endpoint = "https://127.0.0.1:" .. port .. "/llama", api_key = KEY }:health()
+    assert.equal("tls", err.kind)
+    assert.is_false(err.retryable)
+    assert.matches("failed: the server answered in plain HTTP, not TLS: use http://", err.message, 1, true)
+    assert.is_nil(tostring(err):find(KEY, 1, true))
+  end)
+
   it("its 502 (nothing behind it) and 413 (client_max_body_size) say what they are", function()
     local _, e502 = client("/down"):chat{ messages = MSGS }
     assert.equal(502, e502.status)

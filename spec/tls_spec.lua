@@ -6,6 +6,7 @@
 local llamacpp = require "llamacpp"
 local fixture = require "fixture.control"
 local util = require "spec.util"
+local socket = require "socket"
 
 local errors = llamacpp.errors
 local MSGS = { { role = "user", content = "Say hello." } }
@@ -110,15 +111,27 @@ describe("TLS", function()
 
   it("https to a plain HTTP server, and http to a TLS server, fail cleanly", function()
     needs_https()
-    -- the fixture server waits for a request head that a TLS hello never
-    -- completes: the handshake (part of connecting) times out
+    -- the fixture server closes on a TLS hello, as llama-server's HTTP
+    -- library does (after its read timeout): a tls error at once, saying why
     local srv = fixture.start()
     local res, err = llamacpp.new{ endpoint = srv:replay("health_ok"):gsub("^http:", "https:"),
-                                   connect_timeout = 1 }:health()
+                                   connect_timeout = 30 }:health()
     srv:stop()
+    assert.is_nil(res)
+    tls_error(res, err)
+    assert.matches("^TLS with llama%-server at https://127%.0%.0%.1:%d+/replay/health_ok/%- failed: the server" ..
+                   " closed the connection during the TLS handshake; if the server speaks plain HTTP", err.message)
+    assert.matches("use http://", err.message, 1, true)
+    assert.matches("SSL_ERROR_SYSCALL", err.detail, 1, true)
+    -- a server that never answers the hello: the connect timeout, with the same hint
+    local mute = assert(socket.bind("127.0.0.1", 0))
+    local _, mport = mute:getsockname()
+    res, err = llamacpp.new{ endpoint = "https://127.0.0.1:" .. mport, connect_timeout = 0.5 }:health()
+    mute:close()
     assert.is_nil(res)
     assert.truthy(errors.is(err, "timeout"), tostring(err))
     assert.equal("connect", err.phase)
+    assert.matches("no TLS answer: if the server speaks plain HTTP", err.message, 1, true)
     res, err = llamacpp.new{ endpoint = h.url:gsub("^https:", "http:"), idle_timeout = 5,
                              first_byte_timeout = 5 }:health()
     assert.is_nil(res)

@@ -121,7 +121,8 @@ end
 local UNSET = { "LLAMACPP_ENDPOINT", "LLAMA_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_MODEL",
                 "OPENAI_API_KEY", "OLLAMA_HOST", "OLLAMA_MODEL", "MAX_TOKENS",
                 "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                "no_proxy", "NO_PROXY", "LUA_PATH", "LUA_CPATH", "LUA_INIT" }
+                "no_proxy", "NO_PROXY", "LUA_PATH", "LUA_CPATH", "LUA_INIT",
+                "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR" }
 for _, v in ipairs { "5_1", "5_2", "5_3", "5_4" } do
   for _, n in ipairs { "LUA_PATH_", "LUA_CPATH_", "LUA_INIT_" } do UNSET[#UNSET + 1] = n .. v end
 end
@@ -129,15 +130,19 @@ M.CLEAN_ENV = "env -u " .. table.concat(UNSET, " -u ")
 
 -- Starts the Lua code `code` in a child process (M.lua(), with
 -- M.child_head() first), killed after `limit` seconds (default 60)
--- whatever happens: a hang guard, not a measure. Returns a function that
--- waits for the child and returns what it wrote on stdout and stderr.
-function M.spawn(code, limit)
+-- whatever happens: a hang guard, not a measure; `env` (optional) sets
+-- variables for it. Returns a function that waits for the child and
+-- returns what it wrote on stdout and stderr.
+function M.spawn(code, limit, env)
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
   f:write(M.child_head(), code)
   f:close()
-  local p = assert(io.popen("exec " .. M.CLEAN_ENV .. " timeout -k 5 " .. tostring(limit or 60) .. " " .. M.lua() ..
-                            " " .. script .. " 2>&1", "r"))
+  local vars = {}
+  for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "='" .. v .. "'" end
+  table.sort(vars)
+  local p = assert(io.popen("exec " .. M.CLEAN_ENV .. " " .. table.concat(vars, " ") .. " timeout -k 5 " ..
+                            tostring(limit or 60) .. " " .. M.lua() .. " " .. script .. " 2>&1", "r"))
   return function()
     local out = p:read("*a")
     p:close()

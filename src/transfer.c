@@ -340,7 +340,8 @@ static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
 ** session:open{url=, method=, headers={"Name: value", ...}, body=,
 ** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
 ** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
-** ca_file=, ca_path=, insecure=, follow=, template={head, mid, tail}}
+** ca_file=, ca_path=, insecure=, follow=, accept_encoding=, user_agent=,
+** template={head, mid, tail}}
 ** -> Transfer (already started). See lcpp_plain (fastpath.c) for the template.
 ** s is the open Session at index 1 (session.c checked it).
 */
@@ -452,6 +453,8 @@ int lcpp_transfer_new (lua_State *L, Session *s) {
        turns it into a body-less GET, as old browsers did) */
     SETOPT(CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
   }
+  if ((str = lcpp_optstr(L, 2, "accept_encoding", NULL)) != NULL)
+    SETOPT(CURLOPT_ACCEPT_ENCODING, str);
   if ((str = lcpp_optstr(L, 2, "user_agent", NULL)) != NULL)
     SETOPT(CURLOPT_USERAGENT, str);
   if (lcpp_attach(s, t) != 0)

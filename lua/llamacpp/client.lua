@@ -43,7 +43,32 @@ local OPTIONS = {
   proxy = "string", ca_file = "string", ca_path = "string",
   insecure = "boolean", follow_redirects = "boolean",
   max_event = "number", max_body = "number", session_header = "string",
+  warn = "warn",
 }
+
+-- Warnings (an API key sent in the clear): a client's `warn` hook (false:
+-- none), else this; each hook hears of an endpoint once per process.
+local function default_warn(msg) io.stderr:write("llamacpp: warning: ", msg, "\n") end
+local warned = setmetatable({}, { __mode = "k" })    -- hook -> {endpoint = true}
+
+local function warn_once(hook, endpoint, msg)
+  if hook == false then return end
+  hook = hook or default_warn
+  local seen = warned[hook] or {}
+  warned[hook] = seen
+  if seen[endpoint] then return end
+  seen[endpoint] = true
+  hook(msg)
+end
+
+-- The CA bundle and directory of the environment, as curl's own tool
+-- reads them (libcurl does not): CURL_CA_BUNDLE or SSL_CERT_FILE, SSL_CERT_DIR.
+local function env_path(...)
+  for i = 1, select("#", ...) do
+    local v = os.getenv((select(i, ...)))
+    if v and v ~= "" then return v end
+  end
+end
 
 local DEFAULTS = { connect_timeout = 10, idle_timeout = 300 }
 local GRACE_MS = 1000   -- how long the end of a transfer may lag its terminator
@@ -101,6 +126,8 @@ function M.new(opts)
       if type(v) ~= "string" and not callable(v) then
         raise("option 'api_key' must be a string or a function")
       end
+    elseif want == "warn" then
+      if v ~= false and not callable(v) then raise("option 'warn' must be a function or false") end
     elseif type(v) ~= want then
       raise("option '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")")
     end
@@ -134,18 +161,26 @@ function M.new(opts)
   table.sort(names)
   local lines = {}
   self.header_names = {}
+  local t = {}
   for _, name in ipairs(names) do
-    lines[#lines + 1] = name .. ": " .. opts.headers[name]
+    if name:lower() == "accept-encoding" then
+      -- asked for compression: libcurl sends it and decodes the answer
+      -- (gzip, deflate, br, zstd as built), events and errors see plain text
+      t.accept_encoding = opts.headers[name]
+    else
+      lines[#lines + 1] = name .. ": " .. opts.headers[name]
+    end
     self.header_names[name:lower()] = true
   end
-  local t = {}
   for _, k in ipairs{ "connect_timeout", "first_byte_timeout", "idle_timeout", "timeout" } do
     local v = opts[k]
     if v == nil then v = DEFAULTS[k] end
     if v and v > 0 then t[k] = v * 1000 end
   end
   t.max_event, t.max_body = opts.max_event, opts.max_body
-  t.ca_file, t.ca_path, t.insecure = opts.ca_file, opts.ca_path, opts.insecure
+  t.ca_file = opts.ca_file or env_path("CURL_CA_BUNDLE", "SSL_CERT_FILE")
+  t.ca_path = opts.ca_path or env_path("SSL_CERT_DIR")
+  t.insecure = opts.insecure
   t.follow = opts.follow_redirects
   -- libcurl takes http_proxy & co. from the environment; a loopback server
   -- is never reached through them unless a proxy is given explicitly (below)
@@ -154,6 +189,10 @@ function M.new(opts)
                     proxy = opts.proxy or (is_loopback(host) and "" or nil) }
   self.transfer_opts = t
   secrets[self] = opts.api_key
+  if opts.api_key ~= nil and endpoint:find("^http://") and not is_loopback(host) then
+    warn_once(opts.warn, endpoint, "the API key is sent to " .. endpoint .. " in the clear (http://, not" ..
+              " https://): anyone on the network between can read it (silence: option warn = false)")
+  end
   return self
 end
 
@@ -201,6 +240,18 @@ function Client:_open(method, path, body, framing, template, extra, o2)
   return t
 end
 
+-- https:// to a server that speaks plain HTTP (llama-server built without
+-- OpenSSL, or started without --ssl-key-file): what OpenSSL says of it.
+local PLAIN_HINT = "if the server speaks plain HTTP (llama-server without --ssl-key-file does), use http://"
+local function tls_cause(msg)
+  if msg:find("wrong version number", 1, true) or msg:find("packet length too long", 1, true) then
+    return "the server answered in plain HTTP, not TLS: use http://"
+  end
+  if msg:find("SSL_ERROR_SYSCALL", 1, true) or msg:find("unexpected eof", 1, true) then
+    return "the server closed the connection during the TLS handshake; " .. PLAIN_HINT
+  end
+end
+
 -- Completes an Error from the core or a provider: who, where, the
 -- provider's wording, and never the key.
 function Client:_error(e, key, partial, nevents)
@@ -217,6 +268,13 @@ function Client:_error(e, key, partial, nevents)
     e.detail = e.message
     e.message = label .. " at " .. self.endpoint .. " timed out (" ..
                 tostring(e.phase) .. "): " .. e.message
+    if e.phase == "connect" and e.detail:find("SSL", 1, true) then
+      e.message = e.message .. "; no TLS answer: " .. PLAIN_HINT
+    end
+  elseif e.kind == "tls" then
+    e.detail = e.message
+    local why = tls_cause(e.message)
+    e.message = "TLS with " .. label .. " at " .. self.endpoint .. " failed: " .. (why or e.message)
   end
   if partial ~= nil then e.partial = partial end
   -- after the first event a retry would repeat what the caller has seen

@@ -42,9 +42,13 @@ local M = {
 -- @field max_body bytes of a whole answer, default 64 MiB
 -- @field proxy proxy URL; otherwise libcurl's `http_proxy` & co. apply, except
 --   to loopback endpoints
--- @field ca_file CA bundle for TLS verification (on by default)
--- @field ca_path CA directory
+-- @field ca_file CA bundle for TLS verification (on by default); default
+--   `$CURL_CA_BUNDLE` or `$SSL_CERT_FILE` when set, as curl's tool reads them
+-- @field ca_path CA directory; default `$SSL_CERT_DIR` when set
 -- @field insecure `true` turns TLS verification off
+-- @field warn `function(message)` hearing warnings (an API key sent over
+--   plain `http://` to a host that is not loopback), once per endpoint;
+--   default: written to stderr; `false`: none
 -- @field follow_redirects follow redirects (off by default; credentials are
 --   not sent to another host)
 

@@ -20,7 +20,7 @@ local CLIENT_FIELDS = {
   endpoint = true, api_key = true, model = true, headers = true,
   connect_timeout = true, first_byte_timeout = true, idle_timeout = true,
   timeout = true, proxy = true, ca_file = true, ca_path = true, insecure = true,
-  follow_redirects = true, max_event = true, max_body = true, session_header = true,
+  follow_redirects = true, max_event = true, max_body = true, session_header = true, warn = true,
 }
 -- ... and the router's own.
 local DEPLOYMENT_FIELDS = {
