@@ -124,3 +124,91 @@ describe("the Neovim plugin's chat", function()
     assert.equal(1, res.cursor)
   end)
 end)
+
+-- Fitting the history to the context window before each send
+-- (client:fit on the loop): against the caching fake, which answers
+-- /props (its n_ctx) and the counts itself, so the queued replies are
+-- the chats'; and against a server that cannot count (an older
+-- llama-server: 404 on /v1/chat/completions/input_tokens).
+describe("the Neovim plugin's chat fitted to the context window", function()
+  local root = harness.root()
+  local why = harness.missing(root)
+  if why then it("needs nvim and the LuaJIT build", function() pending(why) end) return end
+
+  local srv
+  after_each(function() if srv then srv:stop() end end)
+
+  local function paths(s)
+    local out = {}
+    for _, r in ipairs(s:requests()) do out[#out + 1] = r.path end
+    return out
+  end
+
+  it("leaves the earliest turn out when the history outgrows the window, and says so", function()
+    -- the fake's tokens: "<|role|>" and the words of each message, "<|assistant|>" last;
+    -- window 44 less max_tokens 4 less the margin 16: 24 for the prompt. The second
+    -- request (22) fits; the third (27 whole, 13 without the first turn) does not.
+    srv = fixture.start{ cache = { n_ctx = 44 } }
+    srv:reply{ content = "alpha beta gamma delta epsilon zeta" }
+    srv:reply{ content = "second answer" }
+    srv:reply{ content = "third answer" }
+    local res = harness.run_plugin(root, {
+      scenario = "conversation", endpoint = srv.endpoint,
+      turns = { "one two three four five six", "second question here", "third" },
+      setup = { fit = true, system = "Be brief.", params = { max_tokens = 4 } } })
+    assert.equal("third answer", res.replies[3].reply)
+    local bodies = chat_bodies(srv)
+    assert.equal(3, #bodies)
+    assert.equal(4, #bodies[2].messages)                     -- system, turn 1, question 2: whole
+    assert.same({ { role = "system", content = "Be brief." },
+                  { role = "user", content = "second question here" },
+                  { role = "assistant", content = "second answer" },
+                  { role = "user", content = "third" } }, bodies[3].messages)
+    -- the window was asked once, each chat counted first
+    local p = paths(srv)
+    local props, counts = 0, 0
+    for _, x in ipairs(p) do
+      if x:find("/props$") then props = props + 1 end
+      if x:find("/input_tokens$") then counts = counts + 1 end
+    end
+    assert.equal(1, props, cjson.encode(p))
+    assert.is_true(counts >= 4, cjson.encode(p))              -- 1, 1, then 2 (whole, then fitted)
+    -- the notice, on the third reply's header; none before
+    assert.equal(1, #res.notices, cjson.encode(res.notices))
+    assert.matches("1 earlier turn left out to fit the context window", res.notices[1].text)
+    assert.equal("## llama", res.lines[res.notices[1].row + 1])
+    assert.is_true(res.notices[1].row > 8)                   -- the third reply's, not an earlier one
+    -- the history keeps every turn; the buffer shows them all
+    assert.equal(6, #res.history)
+    assert.equal("one two three four five six", res.history[1].content)
+    assert.equal(1, res.last.fit.dropped_turns)
+  end)
+
+  it("sends the whole history when the server cannot count tokens, and says why once", function()
+    srv = fixture.start()
+    srv:reply{ body = cjson.encode{ default_generation_settings = { n_ctx = 4096 } } }   -- /props
+    srv:reply{ status = 404, error = "File Not Found", error_type = "not_found_error" }  -- the count
+    srv:reply{ content = "First answer." }
+    srv:reply{ status = 404, error = "File Not Found", error_type = "not_found_error" }  -- the count
+    srv:reply{ content = "Second answer." }
+    local res = harness.run_plugin(root, {
+      scenario = "conversation", endpoint = srv.endpoint,
+      turns = { "first question", "second question" }, setup = { fit = true } })
+    assert.same({ "/script/props", "/script/v1/chat/completions/input_tokens", "/script/v1/chat/completions",
+                  "/script/v1/chat/completions/input_tokens", "/script/v1/chat/completions" }, paths(srv))
+    assert.equal("First answer.", res.replies[1].reply)
+    assert.equal("Second answer.", res.replies[2].reply)
+    assert.equal("done", res.last.status)
+    local bodies = chat_bodies(srv)
+    assert.same({ { role = "user", content = "first question" },
+                  { role = "assistant", content = "First answer." },
+                  { role = "user", content = "second question" } }, bodies[2].messages)
+    local told = {}
+    for _, n in ipairs(res.notes) do
+      if n.msg:find("cannot count", 1, true) then told[#told + 1] = n.msg end
+    end
+    assert.equal(1, #told, cjson.encode(res.notes))
+    assert.matches("sent whole", told[1])
+    assert.same({}, res.notices)
+  end)
+end)

@@ -78,6 +78,12 @@ local function driver(client, uv)
                      timer = nil, idle = true }, Driver)
   d.epfd = d.session:fd()
   if d.epfd then d.epoll = uv.new_poll(d.epfd) end
+  -- in Neovim (whose loop this is: it runs no other): a backlog waits for
+  -- a turn of its main loop (Driver:gate)
+  local vim = rawget(_G, "vim")
+  if type(vim) == "table" and type(vim.schedule) == "function" and type(vim.api) == "table" then
+    d.defer = function(f) return vim.schedule(f) end
+  end
   by_loop[uv] = d
   return d
 end
@@ -95,7 +101,7 @@ local BUDGET_MS = 2
 -- included), so a standalone loop can end and an editor's costs nothing.
 function Driver:sync()
   local uv = self.uv
-  if self.nactive == 0 then
+  if self.nactive == 0 or self.gated then
     if not self.idle then
       if self.epoll then self.epoll:stop() end
       for _, p in pairs(self.polls) do p:stop() end
@@ -108,7 +114,7 @@ function Driver:sync()
   if self.epfd then
     -- one watch for the whole session: its epoll set (Linux)
     if self.idle then
-      self.epoll:start("r", function() self:act(nil) end)
+      self.epoll:start("r", function() self:act(nil, nil, true) end)
     end
   else
     self:sync_sockets()
@@ -152,17 +158,34 @@ function Driver:sync_sockets()
       self.polls[fd], self.serials[fd] = p, serials[fd]
     end
     p:start(ev, function(err, events)
-      self:act(fd, err and "e" or events)
+      self:act(fd, err and "e" or events, true)
     end)
   end
 end
 
 -- A socket is ready (fd), or the session's epoll set or the timer (nil):
 -- let libcurl work, hand out the events, and watch again.
-function Driver:act(fd, events)
+function Driver:act(fd, events, readable)
   self.session:act(fd, events)
   self:dispatch()
+  if (self.more or readable) and self.defer and not self.gated then self:gate() end
   self:sync()
+end
+
+-- In Neovim, after the sockets were read (or a backlog's budget spent):
+-- nothing is watched until its main loop has had a turn (vim.schedule),
+-- then all is watched again (the callbacks stay in libuv's callbacks).
+-- Neovim runs libuv passes of its own inside long work (os_breakcheck()
+-- in a syntax redraw): without this each of them read the sockets and
+-- handed out another turn of events, and the main loop's queue
+-- (vim.schedule'd callbacks: the plugins' buffer writes) waited for the
+-- whole of a burst. Between two reads the main loop turns at least once.
+function Driver:gate()
+  self.gated = true
+  self.defer(function()
+    self.gated = false
+    self:sync()
+  end)
 end
 
 function Driver:dispatch()

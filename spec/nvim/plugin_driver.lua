@@ -26,8 +26,11 @@ local function plugin()
   return P
 end
 
+-- The scenarios script every request the server gets, in order: fitting
+-- the history (a /props and a count before each chat) is off unless a
+-- spec turns it on (setup = {fit = true}).
 local function setup(extra)
-  local o = { endpoint = A.endpoint }
+  local o = { endpoint = A.endpoint, fit = false }
   for k, v in pairs(A.setup or {}) do o[k] = v end
   for k, v in pairs(extra or {}) do o[k] = v end
   plugin().setup(o)
@@ -222,6 +225,14 @@ function scenarios.conversation()
     end
   end
   snapshot(R)
+  -- the chat's notices: virtual text of its namespace ({row (0-based), text})
+  R.notices = {}
+  local ns = api.nvim_create_namespace("llamacpp_chat")
+  for _, m in ipairs(api.nvim_buf_get_extmarks(plugin().buf(), ns, 0, -1, { details = true })) do
+    local t = {}
+    for _, chunk in ipairs(m[4].virt_text or {}) do t[#t + 1] = chunk[1] end
+    if #t > 0 then R.notices[#R.notices + 1] = { row = m[2], text = table.concat(t) } end
+  end
 end
 
 -- One reply; while it streams, args.probe_ms after the start, the

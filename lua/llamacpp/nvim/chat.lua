@@ -324,7 +324,7 @@ local function finish(r)
   end
   if s.req == r then s.req = nil end
   M.last = { status = f.status, error = f.message, stop_reason = f.stop_reason, usage = f.usage,
-             buf = s.buf }
+             buf = s.buf, fit = r.fit }
   if f.status == "error" and #windows(s.buf) == 0 then
     plugin.notify(f.message, vim.log.levels.WARN)
   end
@@ -467,7 +467,8 @@ local function wait_loading(r)
   return true
 end
 
-function start_stream(r)
+-- Streams r's request as it is (req: the fitted copy, else r.req).
+local function stream_now(r, req)
   local function on_event(ev)
     if r.final or r.closed then return end
     local t = ev.type
@@ -511,8 +512,81 @@ function start_stream(r)
   if r.resume then
     r.handle = luv.resume_stream(plugin.client(), r.resume.id, { from = r.resume.from }, on_event, o)
   else
-    r.handle = luv.chat_stream(plugin.client(), r.req, on_event, o)
+    r.handle = luv.chat_stream(plugin.client(), req or r.req, on_event, o)
   end
+end
+
+local function user_turns(msgs)
+  local n = 0
+  for _, m in ipairs(msgs or {}) do if m.role == "user" then n = n + 1 end end
+  return n
+end
+
+-- "N earlier turns left out ...": virtual text at the end of the reply's header.
+local function show_dropped(r, n)
+  if not loaded(r.s.buf) then return end
+  local row = r.out:pos() - 2
+  if row < 0 then return end
+  pcall(api.nvim_buf_set_extmark, r.s.buf, NS, row, 0, {
+    virt_text = { { "  " .. n .. " earlier turn" .. (n == 1 and "" or "s") ..
+                    " left out to fit the context window", "LlamaNotice" } },
+    virt_text_pos = "eol" })
+end
+
+-- The fit failed (err): the request goes whole, as without fitting. A
+-- server that cannot count (an older llama-server: 404), or a history
+-- whose last turn alone is over the budget, is said once per chat; a
+-- server down or loading is not (the chat's own request says so).
+local function fit_failed(r, err)
+  if type(err) == "table" and err.retryable then return end
+  local s = r.s
+  local what = type(err) == "table" and err.code == "does_not_fit" and "does_not_fit" or "count"
+  s.fit_told = s.fit_told or {}
+  if s.fit_told[what] then return end
+  s.fit_told[what] = true
+  local msg = (tostring(err):gsub("^llamacpp: ", ""))
+  if what == "does_not_fit" then
+    plugin.notify("the conversation does not fit the context window even with the earlier turns left out (" ..
+                  msg .. "): sent whole", vim.log.levels.WARN)
+  else
+    plugin.notify("the server cannot count tokens (" .. msg .. "): the history is sent whole, not fitted" ..
+                  " to the context window", vim.log.levels.INFO)
+  end
+end
+
+-- Fits the history to the context window (config fit: client:fit on the
+-- loop, /props once and a count or two per send), then streams it; when
+-- the fit cannot be made, streams the whole history.
+function start_stream(r)
+  local c = plugin.client()
+  if r.resume or not plugin.config().fit or not (c.provider and c.provider.name == "llamacpp") then
+    return stream_now(r)
+  end
+  local done = false
+  local function go(fitted, info)
+    vim.schedule(function()
+      if done or r.closed or r.gone or r.final then return end
+      done = true
+      r.handle = nil
+      if fitted then
+        local n = user_turns(r.req.messages) - user_turns(fitted.messages)
+        r.fit = { dropped_turns = n, dropped = info.dropped, input_tokens = info.input_tokens,
+                  budget = info.budget }
+        if n > 0 then show_dropped(r, n) end
+      else
+        fit_failed(r, info)
+      end
+      local ok, err = pcall(stream_now, r, fitted)
+      if not ok then
+        r.final = { status = "error", message = tostring(err), at = now_ms() }
+        safe_flush(r)
+      end
+    end)
+  end
+  local ok, h = pcall(require("llamacpp.uv").request, c, "fit", { r.req }, go,
+                      { on_error = function(msg) go(nil, msg) end })
+  if not ok then return stream_now(r) end
+  r.handle = h
 end
 
 -- Adds the user's turn (text) after the input header and a reply place

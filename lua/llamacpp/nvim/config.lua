@@ -16,6 +16,8 @@ M.DEFAULTS = {
   root = nil,                -- a llamacpp checkout to load the module from (default: this plugin's)
   system = nil,              -- the chat's system prompt
   params = {},               -- more request fields for the chat (max_tokens, temperature, ...)
+  fit = true,                -- fit the history to the context window before each send (client:fit):
+                             -- the oldest turns are left out (and the chat says so)
   progress = true,           -- ask for prompt-processing progress events (shown while waiting)
   wait_loading = 300,        -- seconds to wait through llama-server's 503 "Loading model"
   resume = true,             -- resumable replies: a cut is resumed, and a reply streaming when
@@ -84,6 +86,7 @@ function M.resolve(opts)
   spec.root = { opts.root, "string", true }
   spec.system = { opts.system, "string", true }
   spec.params = { opts.params, "table", true }
+  spec.fit = { opts.fit, "boolean", true }
   spec.progress = { opts.progress, "boolean", true }
   spec.resume = { opts.resume, "boolean", true }
   spec.wait_loading = { opts.wait_loading, function(v)

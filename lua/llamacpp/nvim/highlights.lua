@@ -12,6 +12,7 @@ M.LINKS = {
   LlamaLength = "WarningMsg",   -- the footer of a reply cut short by max_tokens
   LlamaError = "ErrorMsg",      -- "[error] ..."
   LlamaWaiting = "Comment",     -- the waiting indicator
+  LlamaNotice = "WarningMsg",   -- "N earlier turns left out to fit the context window"
   LlamaGhost = "Comment",       -- inline completion's ghost text
 }
 
