@@ -32,6 +32,19 @@ command("LlamaChat", function(a)
 end, { nargs = "*", range = true,
        desc = "Send {prompt} (and the range, as context) to the chat; no argument: show/hide it" })
 
+command("LlamaImage", function(a)
+  -- the first word is the file when it names one, else the file is the name under the cursor
+  local first, rest = a.args:match("^(%S+)%s*(.*)$")
+  local path, prompt
+  if first and vim.fn.filereadable(vim.fn.expand(first)) == 1 then
+    path, prompt = vim.fn.expand(first), rest
+  else
+    path, prompt = nil, a.args
+  end
+  run(function() plugin().image(path, prompt) end)
+end, { nargs = "*", complete = "file",
+       desc = "Send an image file ({file}, else the name under the cursor) with [prompt] to the chat" })
+
 command("LlamaSend", function() run(function() plugin().send() end) end,
         { nargs = 0, desc = "Send what is typed in the chat's input" })
 

@@ -67,6 +67,26 @@ describe("the Neovim plugin's chat", function()
     assert.equal("typed meanwhile", bodies[2].messages[#bodies[2].messages].content)
   end)
 
+  it(":LlamaImage sends the image under the cursor with the prompt; a bad file is a notice", function()
+    local pixel = harness.root() .. "/spec/fixtures/media/pixel.png"
+    srv:reply{ content = "One pixel." }
+    local res = run{ scenario = "image", file = pixel }
+    assert.equal("One pixel.", res.reply)
+    local body = chat_bodies(srv)[1]
+    local content = body.messages[#body.messages].content
+    assert.equal("text", content[1].type)
+    assert.matches("^What is it%?\n%[image: [^%]]*spec/fixtures/media/pixel%.png%]$", content[1].text)
+    assert.matches("^data:image/png;base64,iVBORw0KGgo", content[2].image_url.url)
+    assert.equal("image_url", res.history[1].content[2].type)     -- the history keeps the part
+    -- a file given that is not an image: a notice, nothing sent
+    local n = #chat_bodies(srv)
+    res = run{ scenario = "image", file = pixel, cmd = "LlamaImage " .. harness.root() .. "/README.md Look" }
+    assert.equal(n, #chat_bodies(srv))
+    local notes = {}
+    for _, x in ipairs(res.notes or {}) do notes[#notes + 1] = x.msg end
+    assert.matches("unknown image type", table.concat(notes, "\n"), 1, true)
+  end)
+
   it("marks a reply cut by max_tokens in its footer", function()
     srv:reply{ content = "This answer stops in the mid", finish_reason = "length" }
     local res = run{ scenario = "reply", setup = { params = { max_tokens = 7 } } }

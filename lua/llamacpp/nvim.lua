@@ -62,6 +62,9 @@ end
 --- :LlamaChat {prompt}: opens or reuses the chat and sends the prompt
 -- (with ctx, a range, as context). Returns the chat buffer.
 function M.chat(prompt, ctx) return chat().chat(prompt, ctx) end
+--- :LlamaImage: sends an image file (default: the file name under the
+-- cursor) with a prompt (default "Describe this image.").
+function M.image(path, prompt) return chat().image(path, prompt) end
 --- Shows or hides the chat window.
 function M.toggle() return chat().toggle() end
 --- Sends what is typed in the chat's input.

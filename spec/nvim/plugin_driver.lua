@@ -340,6 +340,19 @@ function scenarios.setup()
   R.ok, R.message = ok, not ok and tostring(err) or vim.NIL
 end
 
+-- :LlamaImage with the cursor on a file name (args.file, in a buffer of
+-- its own), or with args.cmd as the command line.
+function scenarios.image()
+  setup()
+  vim.cmd("enew")
+  api.nvim_buf_set_lines(0, 0, -1, false, { "see " .. A.file .. " here" })
+  api.nvim_win_set_cursor(0, { 1, 5 })
+  vim.cmd(A.cmd or "LlamaImage What is it?")
+  not_busy(A.wait_ms)
+  reply_into(R)
+  snapshot(R)
+end
+
 -- :checkhealth llamacpp: the report's lines.
 function scenarios.health()
   setup()

@@ -618,12 +618,18 @@ end
 -- Sends `text` as the next user message, with the history; resume
 -- ({id, from, content, reasoning}): instead, shows the part of its reply
 -- that was shown before and reads the rest from the server.
-local function send(s, text, replace_input, resume)
+-- parts (optional): image or audio parts sent after the text (the
+-- message's content is then a list of parts); the buffer shows `text`.
+local function send(s, text, replace_input, resume, parts)
   if s.req then
     error("llamacpp: a reply is still streaming (:LlamaCancel stops it)", 0)
   end
   local c = plugin.client()                 -- raises (module missing) before the buffer changes
   local user = { role = "user", content = text }
+  if parts then
+    user.content = { { type = "text", text = text } }
+    for _, p in ipairs(parts) do user.content[#user.content + 1] = p end
+  end
   local ul = vim.bo[s.buf].undolevels
   local reply_row = add_turn(s, text, replace_input)
   s.messages[#s.messages + 1] = user
@@ -684,6 +690,43 @@ function M.chat(prompt, ctx)
   end
   show(s, false)
   return send(s, with_context(prompt, ctx), false)
+end
+
+--- What a user message shows in the chat: its text, "[image]" or
+-- "[audio]" for each media part.
+function M.shown(content)
+  if type(content) ~= "table" then return content end
+  local out = {}
+  for _, p in ipairs(content) do
+    local t = type(p) == "table" and p.type
+    if t == "text" then out[#out + 1] = p.text
+    elseif t == "image_url" then out[#out + 1] = "[image]"
+    elseif t == "input_audio" then out[#out + 1] = "[audio]" end
+  end
+  return table.concat(out, "\n")
+end
+
+--- :LlamaImage [file] [prompt]: sends an image file (default: the file
+-- name under the cursor) with the prompt, to a model that takes images
+-- (llama-server with the model's --mmproj). An unreadable file or one of
+-- unknown type is a notification, and nothing is sent.
+function M.image(path, prompt)
+  if path == nil or path == "" then path = vim.fn.expand("<cfile>") end
+  if path == "" then
+    plugin.notify("no file name under the cursor: :LlamaImage {file} [prompt]", vim.log.levels.ERROR)
+    return
+  end
+  local full = vim.fn.fnamemodify(path, ":p")
+  plugin.client()                  -- the module found (or the error saying how to build it)
+  local part, err = require("llamacpp").image(full)
+  if not part then
+    plugin.notify(tostring(err), vim.log.levels.ERROR)
+    return
+  end
+  local s = session()
+  show(s, false)
+  prompt = (prompt and not prompt:match("^%s*$")) and prompt or "Describe this image."
+  return send(s, prompt .. "\n[image: " .. vim.fn.fnamemodify(full, ":~:.") .. "]", false, nil, { part })
 end
 
 --- <CR> in the chat / :LlamaSend: sends what is typed below the last header.
@@ -810,7 +853,7 @@ function M.resume(forget)
   for i = 1, #msgs - 1 do
     local m = msgs[i]
     if m.role == "user" then
-      reply_row = add_turn(s, m.content, true)
+      reply_row = add_turn(s, M.shown(m.content), true)
     elseif reply_row then
       local out = appender.new(s.buf, NS, reply_row, 0)
       out:write(m.content)
