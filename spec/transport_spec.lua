@@ -35,6 +35,20 @@ describe("a key in the clear", function()
     assert.equal(3, #heard)
   end)
 
+  it("is not warned of for any spelling of this machine", function()
+    local heard = {}
+    local function hook(msg) heard[#heard + 1] = msg end
+    for _, host in ipairs{ "localhost", "LOCALHOST", "localhost.", "ip6-localhost", "app.localhost", "127.0.0.1",
+                           "127.1", "127.0.1", "127.9.8.7", "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0" } do
+      llamacpp.new{ endpoint = "http://" .. host .. ":8080", api_key = KEY, warn = hook }
+    end
+    assert.same({}, heard)
+    for _, host in ipairs{ "127.example.com", "128.0.0.1", "10.0.0.1", "[::2]", "localhost.example.com" } do
+      llamacpp.new{ endpoint = "http://" .. host .. ":8080", api_key = KEY, warn = hook }
+    end
+    assert.equal(5, #heard)
+  end)
+
   it("goes to stderr by default, once", function()
     local out = util.spawn([[
       local llamacpp = require "llamacpp"
@@ -120,5 +134,24 @@ describe("Accept-Encoding", function()
     local since = util.last_seq(srv)
     assert(llamacpp.new{ endpoint = srv:replay("chat_nonstream") }:chat{ messages = MSGS })
     assert.is_nil(srv:requests(since)[1].headers["accept-encoding"])
+  end)
+end)
+
+describe("proxies and this machine", function()
+  local srv
+  setup(function() srv = fixture.start() end)
+  teardown(function() srv:stop() end)
+
+  it("127.1 and 0.0.0.0 are reached directly whatever http_proxy names", function()
+    local dead = util.down()
+    for _, host in ipairs{ "127.1", "0.0.0.0", "127.0.0.1" } do
+      local url = srv:replay("chat_nonstream"):gsub("127%.0%.0%.1", host)
+      local out = util.spawn(([[
+        local c = require("llamacpp").new{ endpoint = %q }
+        local res, err = c:chat{ messages = { { role = "user", content = "x" } } }
+        io.write(res and "OK" or ("ERR " .. tostring(err)))
+      ]]):format(url), 30, { http_proxy = dead, ALL_PROXY = dead })()
+      assert.equal("OK", out, host)
+    end
   end)
 end)

@@ -101,10 +101,20 @@ local function parse_endpoint(url)
   return scheme .. "://" .. authority .. path, host
 end
 
+-- This machine, in every spelling a resolver or libc takes: localhost
+-- (and "localhost.", *.localhost, ip6-localhost), 127.0.0.0/8 in dotted
+-- forms (127.1 included), ::1, IPv4-mapped ::ffff:127.x, and 0.0.0.0
+-- (connecting to it reaches this host).
 local function is_loopback(host)
-  host = host and host:lower()
-  return host == "localhost" or host == "::1" or
-         (host ~= nil and host:match("^127%.%d+%.%d+%.%d+$") ~= nil)
+  if host == nil then return false end
+  host = host:lower():gsub("%.$", "")
+  if host == "localhost" or host == "ip6-localhost" or host == "ip6-loopback" or
+     host:find("%.localhost$") or host == "::1" or host == "0:0:0:0:0:0:0:1" then
+    return true
+  end
+  local v4 = host:match("^::ffff:(.+)$") or host
+  local first = v4:match("^(%d+)%.[%d.]*%d$")
+  return tonumber(first) == 127 or v4 == "0.0.0.0"
 end
 
 
