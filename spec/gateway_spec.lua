@@ -97,7 +97,13 @@ describe("gateways", function()
 end)
 
 -- A real nginx, as people run it in front of llama-server.
-local nginx = io.popen("command -v nginx || ls /usr/sbin/nginx 2>/dev/null"):read("*l")
+local function sh_out(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+local nginx = sh_out("command -v nginx || ls /usr/sbin/nginx 2>/dev/null"):match("[^\n]+")
 
 -- Starts nginx with `servers` (its server blocks; %{dir} is its directory)
 -- in the background under a hang guard: {dir =, read(name), stop()}.
@@ -220,7 +226,7 @@ end)
 -- one connection from a cold start (CURLOPT_PIPEWAIT), up to the server's
 -- stream limit, instead of one connection each.
 describe("HTTP/2 through a real nginx", function()
-  local v = nginx and io.popen(nginx .. " -V 2>&1"):read("*a") or ""
+  local v = nginx and sh_out(nginx .. " -V 2>&1") or ""
   local has_luv, luv = pcall(require, "luv")
   local why = (not nginx and "nginx is not installed (apt-get install nginx-light)")
     or (not v:find("http_v2_module", 1, true) and "this nginx has no HTTP/2 module")

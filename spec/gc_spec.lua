@@ -68,7 +68,9 @@ describe("object lifetimes", function()
     full_gc()
     assert.equal(1, aborts_since(seq, 5, 1))
     full_gc()
-    assert.equal(fds, proc.nfds())
+    -- none of these left (an earlier spec's idle connection or loop, let go
+    -- meanwhile, may make it fewer: seen under ASan with LuaJIT)
+    assert.is_true(proc.nfds() <= fds, proc.nfds() .. " descriptors, " .. fds .. " before")
   end)
 
   it("a client dropped by its caller lives on with its open stream, to the end", function()
@@ -105,7 +107,9 @@ describe("object lifetimes", function()
     full_gc()
     assert.equal(30, aborts_since(seq, 10, 30))
     full_gc()
-    assert.equal(fds, proc.nfds())
+    -- none of these left (an earlier spec's idle connection or loop, let go
+    -- meanwhile, may make it fewer: seen under ASan with LuaJIT)
+    assert.is_true(proc.nfds() <= fds, proc.nfds() .. " descriptors, " .. fds .. " before")
   end)
 
   it("close is idempotent; next after close is a clear error at the caller's line", function()
