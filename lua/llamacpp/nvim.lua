@@ -29,7 +29,10 @@ function M.config() return cfg end
 function M.client()
   if client then return client end
   local llamacpp = loader.load(cfg.root)
-  client = llamacpp.new(config_mod.client_options(cfg))
+  local o = config_mod.client_options(cfg)
+  -- warnings (a key over plain http) as notifications, not on the terminal
+  o.warn = function(msg) M.notify(msg, vim.log.levels.WARN) end
+  client = llamacpp.new(o)
   return client
 end
 
