@@ -170,7 +170,6 @@ local function part_input(part)
   if t == "image_url" or t == "image" then return "image" end   -- OpenAI's; Anthropic's block
   if t == "input_audio" then return "audio" end
 end
-M.part_input = part_input
 
 --- The inputs other than text a request's messages carry: `{image = true,
 -- audio = true}` (the ones present), or nil when it is text only.
