@@ -340,7 +340,7 @@ static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
 ** session:open{url=, method=, headers={"Name: value", ...}, body=,
 ** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
 ** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
-** ca_file=, ca_path=, insecure=, follow=, accept_encoding=, user_agent=,
+** ca_file=, ca_path=, insecure=, follow=, accept_encoding=, user_agent=, unix_socket=,
 ** template={head, mid, tail}}
 ** -> Transfer (already started). See lcpp_plain (fastpath.c) for the template.
 ** s is the open Session at index 1 (session.c checked it).
@@ -440,6 +440,8 @@ int lcpp_transfer_new (lua_State *L, Session *s) {
   v = lcpp_optms(L, 2, "connect_timeout");
   if (v > 0) SETOPT(CURLOPT_CONNECTTIMEOUT_MS, lcpp_tolong(v));
   if ((str = lcpp_optstr(L, 2, "proxy", NULL)) != NULL) SETOPT(CURLOPT_PROXY, str);
+  if ((str = lcpp_optstr(L, 2, "unix_socket", NULL)) != NULL)
+    SETOPT(CURLOPT_UNIX_SOCKET_PATH, str);         /* libcurl copies it */
   if ((str = lcpp_optstr(L, 2, "ca_file", NULL)) != NULL) SETOPT(CURLOPT_CAINFO, str);
   if ((str = lcpp_optstr(L, 2, "ca_path", NULL)) != NULL) SETOPT(CURLOPT_CAPATH, str);
   if (lcpp_optbool(L, 2, "insecure")) {

@@ -90,7 +90,7 @@ end
 
 -- "http://user:pw@host:port/prefix/" -> the URL without userinfo and
 -- without trailing slashes (used in messages), and the host.
-local function parse_endpoint(url)
+local function parse_url(url)
   local scheme, rest = url:match("^(https?)://(.+)$")
   if not scheme then return nil end
   local authority, path = rest:match("^([^/?#]*)(.*)$")
@@ -99,6 +99,42 @@ local function parse_endpoint(url)
   path = path:gsub("/+$", "")
   local host = authority:match("^%[(.-)%]") or authority:match("^([^:]+)")
   return scheme .. "://" .. authority .. path, host
+end
+
+-- An endpoint: a URL, or a unix socket "unix:PATH" (http://localhost
+-- over PATH) or "unix:PATH:URL" (that URL's Host and prefix over PATH).
+-- Returns the endpoint to print, the host, the URL to request (with its
+-- userinfo, without trailing slashes) and the socket's path (or nil).
+local function parse_endpoint(raw)
+  local sock, url = raw:match("^unix:(.-):(https?://.*)$")
+  local given = url ~= nil
+  if not sock then
+    sock = raw:match("^unix:(.*)$")
+    url = sock and "http://localhost"
+  end
+  if sock and (sock == "" or sock:find("://", 1, true)) then return nil end
+  url = url or raw
+  local shown, host = parse_url(url)
+  if not shown then return nil end
+  if sock then shown = "unix:" .. sock .. (given and ":" .. shown or "") end
+  return shown, host, (url:gsub("/+$", "")), sock
+end
+
+local UNIX_PATH_MAX = 107   -- sockaddr_un.sun_path: 108 bytes with the NUL (Linux; 103 on BSDs)
+
+-- Why a unix socket cannot be reached, from what opening its path says
+-- (libcurl only says "Couldn't connect to server" on "port 80").
+local function socket_cause(path)
+  local f, msg, code = io.open(path, "rb")
+  if f then
+    f:close()
+    return path .. " is not a socket"
+  elseif code == 2 then        -- ENOENT
+    return "no socket at " .. path .. " (is llama-server started with --host " .. path .. "?)"
+  elseif code == 6 then        -- ENXIO: a socket, and nothing accepts on it
+    return "nothing listens on " .. path .. " (a socket left behind by a server that stopped?)"
+  end
+  return msg                   -- EACCES & co., with the path
 end
 
 -- This machine, in every spelling a resolver or libc takes: localhost
@@ -150,10 +186,18 @@ function M.new(opts)
   if not provider then raise("unknown provider '" .. tostring(pname) .. "'") end
   local raw = opts.endpoint or provider.default_endpoint
   if raw:find("[%s%c]") then raise("bad endpoint (contains white space or control characters)") end
-  local endpoint, host = parse_endpoint(raw)
-  if not endpoint then
-    raise("bad endpoint '" .. raw:gsub("//[^/]*@", "//") .. "' (want http[s]://host[:port][/prefix])")
+  if raw:find("^https?://unix:/") then
+    raise("bad endpoint '" .. raw .. "': a unix socket is written unix:/path/to.sock[:http://host/prefix]")
   end
+  local endpoint, host, url, sock = parse_endpoint(raw)
+  if not endpoint then
+    raise("bad endpoint '" .. raw:gsub("//[^/]*@", "//") ..
+          "' (want http[s]://host[:port][/prefix] or unix:/path/to.sock[:http://host/prefix])")
+  end
+  if sock and #sock > UNIX_PATH_MAX then
+    raise("bad endpoint: the unix socket path is too long (" .. #sock .. " bytes; at most " .. UNIX_PATH_MAX .. ")")
+  end
+  if sock and opts.proxy ~= nil then raise("option 'proxy' has no effect on a unix socket endpoint") end
   if opts.session_header ~= nil then checkheader(opts.session_header, "") end
   local self = setmetatable({
     provider = provider,
@@ -192,14 +236,15 @@ function M.new(opts)
   t.ca_path = opts.ca_path or env_path("SSL_CERT_DIR")
   t.insecure = opts.insecure
   t.follow = opts.follow_redirects
+  t.unix_socket = sock
   -- libcurl takes http_proxy & co. from the environment; a loopback server
-  -- is never reached through them unless a proxy is given explicitly (below)
-  private[self] = { url = (raw:gsub("/+$", "")), header_lines = lines,
+  -- (or a unix socket) is never reached through them unless a proxy is given explicitly
+  private[self] = { url = url, header_lines = lines, unix_socket = sock,
                     waiting = setmetatable({}, { __mode = "k" }),   -- stream -> when it reattaches
-                    proxy = opts.proxy or (is_loopback(host) and "" or nil) }
+                    proxy = opts.proxy or ((sock or is_loopback(host)) and "" or nil) }
   self.transfer_opts = t
   secrets[self] = opts.api_key
-  if opts.api_key ~= nil and endpoint:find("^http://") and not is_loopback(host) then
+  if opts.api_key ~= nil and not sock and endpoint:find("^http://") and not is_loopback(host) then
     warn_once(opts.warn, endpoint, "the API key is sent to " .. endpoint .. " in the clear (http://, not" ..
               " https://): anyone on the network between can read it (silence: option warn = false)")
   end
@@ -271,6 +316,8 @@ function Client:_error(e, key, partial, nevents)
   if e.kind == "connection" then
     e.detail = e.message
     e.message = label .. " not running at " .. self.endpoint
+    local sock = private[self].unix_socket
+    if sock then e.message = e.message .. ": " .. socket_cause(sock) end
   elseif e.kind == "network" then
     e.detail = e.message
     e.message = "connection to " .. label .. " at " .. self.endpoint .. " lost: " .. e.message

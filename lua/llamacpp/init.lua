@@ -24,7 +24,10 @@ local M = {
 --- Options of @{new}. Unknown options raise. Times are in seconds.
 -- @table options
 -- @field endpoint base URL, default `http://127.0.0.1:8080`; may carry a path
---   prefix (a reverse proxy's `http://host/llama/`); trailing slashes tolerated
+--   prefix (a reverse proxy's `http://host/llama/`); trailing slashes tolerated;
+--   or a unix socket (`llama-server --host /run/llama.sock`): `unix:PATH`
+--   (requests to `http://localhost` over PATH) or `unix:PATH:URL` (that URL's
+--   Host and prefix over PATH, e.g. `unix:/run/llama.sock:http://llm/v1`)
 -- @field api_key string, or a function returning one (called per request);
 --   sent as `Authorization: Bearer`; never printed
 -- @field model default `model` of requests

@@ -126,6 +126,11 @@ end
 -- llama-server without --mmproj refuses it (500 "image input is not
 -- supported - hint: ..."), never with a queued reply, and a caching
 -- server's /props says them (`modalities`). Without it every part is taken.
+-- opts.unix: true (a socket in its scratch directory) or a path: the server
+-- listens on that unix socket too, as `llama-server --host PATH.sock` does,
+-- answering there as on its port; `srv.socket` is the path and
+-- `srv.endpoint` reaches the queued replies through it
+-- ("unix:PATH:http://localhost/script"). Control (log, stop) stays on the port.
 --
 -- With `cache = {slots =, per_token =, similarity =, words =, n_ctx =}` (all
 -- optional) the server caches prompts like llama-server
@@ -181,6 +186,11 @@ function M.start(opts)
   if opts.quiet then cmd[#cmd + 1] = "--quiet" end
   if cache_json then cmd[#cmd + 1] = "--cache " .. q(cache_json) end
   if opts.inputs ~= nil then cmd[#cmd + 1] = "--inputs " .. q(inputs_arg(opts.inputs)) end
+  local sock = opts.unix
+  args.check(sock == nil or sock == true or (type(sock) == "string" and sock ~= ""), 1, "start",
+             "'unix' must be true or a socket path")
+  if sock == true then sock = scratch .. "/llama.sock" end
+  if sock then cmd[#cmd + 1] = "--unix " .. q(sock) end
   local proc = assert(io.popen(table.concat(cmd, " "), "r"))
   local line = proc:read("*l")
   local port = tonumber(line and line:match("^PORT (%d+)") or "")
@@ -192,7 +202,10 @@ function M.start(opts)
   return setmetatable({
     port = port,
     url = "http://127.0.0.1:" .. port,
-    endpoint = "http://127.0.0.1:" .. port .. "/script",   -- answers with the queued replies
+    -- answers with the queued replies
+    endpoint = sock and ("unix:" .. sock .. ":http://localhost/script") or
+               "http://127.0.0.1:" .. port .. "/script",
+    socket = sock or nil,
     scratch = scratch,
     proc = proc,
     nreplies = 0,
