@@ -29,7 +29,7 @@ DEBS = make gcc libc6-dev pkg-config curl libcurl4-openssl-dev \
   lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
   lua5.3 liblua5.3-dev lua5.2 liblua5.2-dev lua5.1 liblua5.1-0-dev \
   coreutils lua-cjson lua-socket lua-busted luarocks lua-luv lua-check lua-ldoc neovim \
-  valgrind openssl git clang libclang-rt-14-dev nginx-light
+  valgrind openssl git clang libclang-rt-14-dev nginx-light squid
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: $(OUT)

@@ -188,6 +188,7 @@ static const char *lcpp_num (char *buf, double v) {
 void lcpp_pushfailure (lua_State *L, const Transfer *t) {
   char num[32];
   int retry = 0;
+  long cc = 0;
   const char *kind;
   switch (t->fail) {
     case FAIL_NONE:                       /* libcurl's: t->result */
@@ -195,8 +196,19 @@ void lcpp_pushfailure (lua_State *L, const Transfer *t) {
       lcpp_newerror(L, kind, t->errbuf[0] ? t->errbuf
                     : curl_easy_strerror(t->result), retry);
       lcpp_setstring(L, "code", lcpp_curlname(t->result));
-      if (t->result == CURLE_OPERATION_TIMEDOUT)
+      if (t->result == CURLE_OPERATION_TIMEDOUT) {
+        curl_off_t us = 0;
         lcpp_setstring(L, "phase", lcpp_timeoutphase(t));
+        /* whether the first hop (the server, or a proxy) took the TCP
+           connection: Lua tells a proxy that never answered apart */
+        if (t->easy != NULL && curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &us) == CURLE_OK)
+          lcpp_setinteger(L, "connect_us", (lua_Integer)us);
+      }
+      /* a proxy that refused the tunnel (CONNECT answered 407, 403, 502...):
+         Lua names the proxy and decides what another try can do */
+      if (t->easy != NULL && curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &cc) == CURLE_OK
+          && cc >= 300)
+        lcpp_setinteger(L, "proxy_status", (lua_Integer)cc);
       break;
     case FAIL_CANCEL:
       lcpp_newerror(L, "cancelled", "the session was closed", 0);

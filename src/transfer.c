@@ -416,6 +416,9 @@ int lcpp_transfer_new (lua_State *L, Session *s) {
   SETOPT(CURLOPT_CLOSESOCKETDATA, (void *)s);
   SETOPT(CURLOPT_TCP_NODELAY, 1L);
   SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+  /* a proxy's CONNECT answer is not the server's: its headers stay out of
+     the response (a refusal comes back as CURLINFO_HTTP_CONNECTCODE) */
+  SETOPT(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   /* HTTP/2 (https, by ALPN): a transfer started while a connection to the
      same host is still being set up waits to multiplex on it instead of
      opening its own (20 streams from a cold start: one connection, not

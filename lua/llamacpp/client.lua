@@ -295,6 +295,49 @@ function Client:_open(method, path, body, framing, template, extra, o2)
   return t
 end
 
+-- The proxy a request of this client goes through, as libcurl picks it:
+-- the option, else http_proxy (for http://; never HTTP_PROXY), https_proxy
+-- or HTTPS_PROXY (for https://), all_proxy or ALL_PROXY. Returns it
+-- without credentials (a scheme added when it has none, as libcurl
+-- does), its host and its port; nil when there is none. (no_proxy is left
+-- to libcurl: a failure is put on the proxy only when it names the
+-- proxy's address.)
+function Client:_proxy()
+  local p = private[self].proxy
+  if p == nil then
+    p = self.endpoint:find("^https:") and env_path("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+        or env_path("http_proxy", "all_proxy", "ALL_PROXY")
+  end
+  if p == nil or p == "" then return nil end
+  if not p:find("^%a[%w+.-]*://") then p = "http://" .. p end
+  local shown, host = parse_url((p:gsub("^socks", "http")))
+  if not shown then return nil end
+  shown = p:match("^%a[%w+.-]*://") .. shown:gsub("^https?://", ""):gsub("/.*$", "")
+  local port = tonumber(shown:match(":(%d+)$")) or (p:find("^https:") and 443 or 1080)
+  return shown, host, port
+end
+
+-- A connection failure at the proxy rather than the server (libcurl names
+-- the address it could not reach): its message, or nil.
+function Client:_proxy_failure(e, connect_us)
+  local proxy, host, port = self:_proxy()
+  if not proxy then return nil end
+  local label, where = self.provider.label, self.endpoint
+  local lead = "proxy " .. proxy .. " not reachable (on the way to " .. label .. " at " .. where .. "): "
+  if e.code == "COULDNT_RESOLVE_PROXY" then
+    return proxy, lead .. "its name does not resolve"
+  end
+  -- with a proxy, the first TCP connection is to the proxy
+  if e.kind == "timeout" then
+    if connect_us == 0 then return proxy, lead .. "no answer within the connect timeout" end
+    return nil
+  end
+  local h, p = e.detail:match("^Failed to connect to (%S+) port (%d+)")
+  if h and h:gsub("^%[(.*)%]$", "%1") == host and tonumber(p) == port then
+    return proxy, lead .. "nothing listens there"
+  end
+end
+
 -- https:// to a server that speaks plain HTTP (llama-server built without
 -- OpenSSL, or started without --ssl-key-file): what OpenSSL says of it.
 local PLAIN_HINT = "if the server speaks plain HTTP (llama-server without --ssl-key-file does), use http://"
@@ -310,28 +353,34 @@ end
 -- Completes an Error from the core or a provider: who, where, the
 -- provider's wording, and never the key.
 function Client:_error(e, key, partial, nevents)
-  local label = self.provider.label
+  local label, where = self.provider.label, self.endpoint
+  if e.proxy_status then          -- the proxy refused the tunnel: its error, not the server's
+    local p = errors.proxy_refused(e.proxy_status, self:_proxy() or "(from the environment)", label, where)
+    p.detail = e.message
+    e = p
+  end
   e.provider = e.provider or self.provider.name
-  e.endpoint = self.endpoint
-  if e.kind == "connection" then
-    e.detail = e.message
-    e.message = label .. " not running at " .. self.endpoint
+  e.endpoint = where
+  local k, connect_us = e.kind, e.connect_us
+  e.connect_us = nil              -- the core's, for _proxy_failure
+  if k == "connection" or k == "network" or k == "timeout" or k == "tls" then e.detail = e.message end
+  local proxy, msg
+  if k == "connection" or (k == "timeout" and e.phase == "connect") then proxy, msg = self:_proxy_failure(e, connect_us) end
+  if proxy then
+    e.proxy, e.message = proxy, msg
+  elseif k == "connection" then
+    e.message = label .. " not running at " .. where
     local sock = private[self].unix_socket
     if sock then e.message = e.message .. ": " .. socket_cause(sock) end
-  elseif e.kind == "network" then
-    e.detail = e.message
-    e.message = "connection to " .. label .. " at " .. self.endpoint .. " lost: " .. e.message
-  elseif e.kind == "timeout" then
-    e.detail = e.message
-    e.message = label .. " at " .. self.endpoint .. " timed out (" ..
-                tostring(e.phase) .. "): " .. e.message
+  elseif k == "network" then
+    e.message = "connection to " .. label .. " at " .. where .. " lost: " .. e.message
+  elseif k == "timeout" then
+    e.message = label .. " at " .. where .. " timed out (" .. tostring(e.phase) .. "): " .. e.message
     if e.phase == "connect" and e.detail:find("SSL", 1, true) then
       e.message = e.message .. "; no TLS answer: " .. PLAIN_HINT
     end
-  elseif e.kind == "tls" then
-    e.detail = e.message
-    local why = tls_cause(e.message)
-    e.message = "TLS with " .. label .. " at " .. self.endpoint .. " failed: " .. (why or e.message)
+  elseif k == "tls" then
+    e.message = "TLS with " .. label .. " at " .. where .. " failed: " .. (tls_cause(e.message) or e.message)
   end
   if partial ~= nil then e.partial = partial end
   -- after the first event a retry would repeat what the caller has seen

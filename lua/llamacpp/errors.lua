@@ -89,6 +89,28 @@ local GATEWAY_HINTS = {
   [407] = "the proxy wants credentials (proxy = \"http://user:password@host:port\")",
 }
 
+-- What a proxy's refusal of a tunnel (its answer to CONNECT) means.
+local PROXY_HINTS = {
+  [407] = GATEWAY_HINTS[407],
+  [403] = "the proxy's rules refuse this destination (squid: http_access; CONNECT only to SSL_ports," ..
+          " 443 by default)",
+  [502] = "the proxy could not reach the server (is it running? is its address right from the proxy's side?)",
+  [503] = "the proxy could not reach the server (is it running? is its address right from the proxy's side?)",
+  [504] = "the proxy gave up reaching the server",
+}
+
+--- The error for a tunnel the proxy refused (CONNECT answered `status`):
+-- kind `http` with the proxy's status, `code = "proxy_refused"`,
+-- `gateway = true`, `proxy` (its URL without credentials); retryable as
+-- that status is (407 and 403 are not).
+function M.proxy_refused(status, proxy, label, endpoint)
+  local hint = PROXY_HINTS[status]
+  return M.new("http", "proxy " .. proxy .. " refused the tunnel to " .. label .. " at " .. endpoint ..
+               " (" .. status .. ")" .. (hint and (": " .. hint) or ""),
+               { status = status, code = "proxy_refused", gateway = true, proxy = proxy,
+                 retryable = M.retryable_status(status) })
+end
+
 -- A gateway's own answer (nginx, squid, Caddy, a load balancer), not the
 -- server's: no error object of the server's in the body, and a Server
 -- header that is not llama-server's, or an HTML page. Its name, its page's

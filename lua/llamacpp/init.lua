@@ -125,6 +125,8 @@ local M = {
 -- @field body the server's answer, at most 4 KiB
 -- @field partial text received before a mid-stream failure
 -- @field detail libcurl's own message
+-- @field gateway `true` when a gateway or proxy answered instead of the server
+-- @field proxy the proxy (URL without credentials) whose failure this is
 -- @field n_prompt_tokens llama-server's context-size error
 -- @field n_ctx llama-server's context-size error
 -- @field input_tokens, budget `context` errors: the request's size and its budget
