@@ -212,7 +212,8 @@ http_access allow all
     assert.equal(403, err.status)
     assert.is_false(err.retryable)
     assert.equal("http://127.0.0.1:" .. port, err.proxy)
-    assert.matches("refused the tunnel to llama%-server at https://127%.0%.0%.1:%d+ %(403%): the proxy's rules", err.message)
+    assert.matches("refused the tunnel to llama%-server at https://127%.0%.0%.1:%d+ %(403%): the proxy's rules",
+                   err.message)
   end)
 
   it("answering a plain http:// request with its own page is a gateway error in one line", function()

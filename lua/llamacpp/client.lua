@@ -365,7 +365,9 @@ function Client:_error(e, key, partial, nevents)
   e.connect_us = nil              -- the core's, for _proxy_failure
   if k == "connection" or k == "network" or k == "timeout" or k == "tls" then e.detail = e.message end
   local proxy, msg
-  if k == "connection" or (k == "timeout" and e.phase == "connect") then proxy, msg = self:_proxy_failure(e, connect_us) end
+  if k == "connection" or (k == "timeout" and e.phase == "connect") then
+    proxy, msg = self:_proxy_failure(e, connect_us)
+  end
   if proxy then
     e.proxy, e.message = proxy, msg
   elseif k == "connection" then
