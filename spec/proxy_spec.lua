@@ -34,6 +34,12 @@ describe("a proxy that is down", function()
       assert.is_nil(err.message:find("not running", 1, true))
       no_secret(err)
     end
+    local c = llamacpp.new{ endpoint = "http://192.0.2.7:8080",
+                            proxy = "socks5h://u:" .. SECRET .. "@127.0.0.1:" .. port }
+    local _, err = c:health()
+    assert.equal("socks5h://127.0.0.1:" .. port, err.proxy)
+    assert.matches("^proxy socks5h://127%.0%.0%.1:%d+ not reachable", err.message)
+    no_secret(err)
   end)
 
   it("is named when it comes from the environment (http_proxy, https_proxy)", function()

@@ -310,10 +310,11 @@ function Client:_proxy()
   end
   if p == nil or p == "" then return nil end
   if not p:find("^%a[%w+.-]*://") then p = "http://" .. p end
-  local shown, host = parse_url((p:gsub("^socks", "http")))
+  local scheme = p:match("^(%a[%w+.-]*)://")
+  local shown, host = parse_url("http" .. p:sub(#scheme + 1))     -- socks5:// & co. parse alike
   if not shown then return nil end
-  shown = p:match("^%a[%w+.-]*://") .. shown:gsub("^https?://", ""):gsub("/.*$", "")
-  local port = tonumber(shown:match(":(%d+)$")) or (p:find("^https:") and 443 or 1080)
+  shown = scheme .. shown:sub(5):gsub("^(://[^/]*).*$", "%1")
+  local port = tonumber(shown:match(":(%d+)$")) or (scheme == "https" and 443 or 1080)
   return shown, host, port
 end
 
