@@ -119,8 +119,8 @@ LCPP_HIDDEN void lcpp_pushfailure (lua_State *L, const Transfer *t);
 LCPP_HIDDEN void lcpp_setinteger (lua_State *L, const char *k, lua_Integer v);
 
 /* fastpath.c */
-LCPP_HIDDEN int lcpp_plain (lua_State *L, const lcpp_template *tpl,
-                            const char *d, size_t n);
+LCPP_HIDDEN long lcpp_plain (const lcpp_template *tpl, const char *d,
+                             size_t n, char *out);
 
 /* multi.c */
 LCPP_HIDDEN int lcpp_multi_open (Session *s);

@@ -35,7 +35,9 @@
 #define DEFAULT_MAXBODY (64u * 1024u * 1024u)
 /* a consumer that stops reading pauses its transfer instead of queueing
    without bound; it resumes once the queue is half drained */
+#ifndef QUEUE_HIGH
 #define QUEUE_HIGH      (64 * 1024)
+#endif
 
 
 /* {====== Buffers ====== */
@@ -74,6 +76,10 @@ static void lcpp_buffree (lcpp_buf *b) {
 
 /* {====== libcurl callbacks: C only ====== */
 
+/* A queued event: [namelen][datalen][end][name][data]; namelen PLAIN
+   when the data is the text of an event of the template's shape. */
+#define PLAIN  ((size_t)-1)
+
 static int lcpp_onevent (void *ud, const char *ev, size_t evlen,
                          const char *data, size_t datalen) {
   Transfer *t = (Transfer *)ud;
@@ -82,6 +88,16 @@ static int lcpp_onevent (void *ud, const char *ev, size_t evlen,
   h[1] = datalen;
   h[2] = t->frame.evend;
   if (lcpp_reserve(&t->q, sizeof h + evlen + datalen)) return 1;
+  if (evlen == 0 && t->tpl.part[0] != NULL) {
+    long n = lcpp_plain(&t->tpl, data, datalen, t->q.p + t->q.len + sizeof h);
+    if (n >= 0) {                          /* its text only: a few bytes */
+      h[0] = PLAIN;
+      h[1] = (size_t)n;
+      memcpy(t->q.p + t->q.len, h, sizeof h);
+      t->q.len += sizeof h + (size_t)n;
+      return 0;
+    }
+  }
   memcpy(t->q.p + t->q.len, h, sizeof h);
   memcpy(t->q.p + t->q.len + sizeof h, ev, evlen);
   memcpy(t->q.p + t->q.len + sizeof h + evlen, data, datalen);
@@ -542,10 +558,11 @@ static int lcpp_pop (lua_State *L, Transfer *t) {
   size_t h[3];
   const char *p = t->q.p + t->qhead;
   memcpy(h, p, sizeof h);
-  if (h[0] == 0 && t->tpl.part[0] != NULL &&
-      lcpp_plain(L, &t->tpl, p + sizeof h, h[1]))
+  if (h[0] == PLAIN) {
+    lua_pushlstring(L, p + sizeof h, h[1]);                  /* text */
     lua_pushboolean(L, 1);
-  else {
+    h[0] = 0;
+  } else {
     lua_pushlstring(L, p + sizeof h + h[0], h[1]);           /* data */
     if (h[0] > 0) lua_pushlstring(L, p + sizeof h, h[0]);    /* name */
     else lua_pushnil(L);
