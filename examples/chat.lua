@@ -1,6 +1,7 @@
 -- Streams a chat answer from llama-server.
 --   lua5.4 examples/chat.lua ["your prompt"]
--- The server: LLAMACPP_ENDPOINT (default http://127.0.0.1:8080), with
+-- The server: LLAMACPP_ENDPOINT (default http://127.0.0.1:8080; a server
+-- started with --host /run/llama.sock: unix:/run/llama.sock), with
 -- LLAMA_API_KEY if it was started with --api-key. While the server reads
 -- a long prompt, a progress line on stderr; at the end, the stats line.
 

@@ -46,6 +46,15 @@ describe("examples", function()
                    "first token [%d.]+ s, [%d.]+ s%]", out)
   end)
 
+  it("chat.lua talks to a server on a unix socket (LLAMACPP_ENDPOINT=unix:PATH)", function()
+    local usrv = fixture.start{ unix = true }
+    usrv:reply{ content = "Hello from a socket.", tokens = { "Hello", " from", " a socket." } }
+    local code, out, err = run("examples/chat.lua", { LLAMACPP_ENDPOINT = usrv.endpoint }, { "Hi" })
+    usrv:stop()
+    assert.equal(0, code, err)
+    assert.matches("Hello from a socket.", out, 1, true)
+  end)
+
   it("chat.lua explains what to do when nothing listens", function()
     local code, _, err = run("examples/chat.lua",
                              { LLAMACPP_ENDPOINT = "http://127.0.0.1:" .. util.closed_port() })
