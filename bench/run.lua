@@ -206,6 +206,22 @@ for _, c in ipairs(cases) do
     end
   end
 end
+-- Start-up in instructions (valgrind's callgrind), for each interpreter:
+-- the same count every run, where CPU time on a shared VM moves by ±30 %.
+local startup_ir = {}
+if have("valgrind") then
+  local function ir(cmd)
+    local vars, exe = cmd:match("^(LUA_PATH=%S+ LUA_CPATH=%S+ )(.*)$")
+    local out = sh((vars or "") .. "timeout 300 valgrind --tool=callgrind --callgrind-out-file=/dev/null " ..
+                   (exe or cmd))
+    return tonumber(out:match("Collected : (%d+)"))
+  end
+  io.stderr:write("bench: start-up instructions (callgrind)\n")
+  for _, l in ipairs(LUAS) do
+    startup_ir[l.tag] = { ours = ir(clients["llamacpp " .. l.tag]("startup", BASE .. "/n16")),
+                          floor = ir(clients["Lua+libcurl " .. l.tag]()) }
+  end
+end
 sh("curl -s --noproxy '*' " .. BASE .. "/bench/quit")
 server:close()
 
@@ -370,6 +386,12 @@ for _, c in ipairs(cases) do
           cc and fmt(cc.cpu / 1e3) or "–")) or "not measured"
     end
     p("| start-up CPU ≤ 1.2x the interpreter with libcurl loaded | ", cells[1], " | ", cells[2], " |")
+    for i = 1, 2 do
+      local r = startup_ir[LUAS[i].tag]
+      cells[i] = (r and r.ours and r.floor) and ("%.2fx: %s (%.1f M against %.1f M)"):format(r.ours / r.floor,
+        verdict(r.ours / r.floor <= 1.2), r.ours / 1e6, r.floor / 1e6) or "not measured (valgrind is not installed)"
+    end
+    p("| start-up instructions (callgrind) ≤ 1.2x the same floor | ", cells[1], " | ", cells[2], " |")
   end
 end
 if #lost > 0 then
