@@ -76,6 +76,25 @@ describe("a proxy that is down", function()
                    "http://192%.0%.2%.7:8080%): no answer within the connect timeout", err.message)
   end)
 
+  it("is not blamed for a server that no_proxy sends to directly", function()
+    local hole = fixture.blackhole()
+    local closed, proxy_port = util.closed_port(), util.closed_port()
+    local out = util.spawn(([[
+      local llamacpp = require "llamacpp"
+      for _, ep in ipairs{ "http://127.0.0.1:%d", "http://127.0.0.1:%d" } do
+        local _, err = llamacpp.new{ endpoint = ep, proxy = "http://127.0.0.1:%d", connect_timeout = 0.3 }:health()
+        io.write(err.kind, " | ", tostring(err.proxy), " | ", err.message, "\n")
+      end
+      io.write("END\n")
+    ]]):format(closed, hole.port, proxy_port), 30, { no_proxy = "localhost,127.0.0.1" })
+    local text = out()
+    hole.close()
+    assert.matches("END", text, 1, true)
+    assert.matches("connection | nil | llama-server not running at http://127.0.0.1:" .. closed, text, 1, true)
+    assert.matches("timeout | nil | llama-server at http://127.0.0.1:" .. hole.port .. " timed out (connect)",
+                   text, 1, true)
+  end)
+
   it("leaves llama-server's own refusal as it was when no proxy is in the way", function()
     local ep = util.down()
     local _, err = llamacpp.new{ endpoint = ep }:health()

@@ -35,9 +35,7 @@
 #define DEFAULT_MAXBODY (64u * 1024u * 1024u)
 /* a consumer that stops reading pauses its transfer instead of queueing
    without bound; it resumes once the queue is half drained */
-#ifndef QUEUE_HIGH
 #define QUEUE_HIGH      (64 * 1024)
-#endif
 
 
 /* {====== Buffers ====== */
@@ -356,8 +354,8 @@ static void lcpp_setheaders (lua_State *L, int opts, Transfer *t) {
 ** session:open{url=, method=, headers={"Name: value", ...}, body=,
 ** framing="sse"|"ndjson"|nil, connect_timeout=, first_byte_timeout=,
 ** idle_timeout=, timeout= (ms), max_event=, max_body= (bytes), proxy=,
-** ca_file=, ca_path=, insecure=, follow=, accept_encoding=, user_agent=, unix_socket=,
-** template={head, mid, tail}}
+** ca_file=, ca_path=, insecure=, follow=, accept_encoding=, user_agent=,
+** unix_socket=, template={head, mid, tail}}
 ** -> Transfer (already started). See lcpp_plain (fastpath.c) for the template.
 ** s is the open Session at index 1 (session.c checked it).
 */

@@ -239,7 +239,7 @@ function M.new(opts)
   t.unix_socket = sock
   -- libcurl takes http_proxy & co. from the environment; a loopback server
   -- (or a unix socket) is never reached through them unless a proxy is given explicitly
-  private[self] = { url = url, header_lines = lines, unix_socket = sock,
+  private[self] = { url = url, host = host, header_lines = lines, unix_socket = sock,
                     waiting = setmetatable({}, { __mode = "k" }),   -- stream -> when it reattaches
                     proxy = opts.proxy or ((sock or is_loopback(host)) and "" or nil) }
   self.transfer_opts = t
@@ -295,15 +295,29 @@ function Client:_open(method, path, body, framing, template, extra, o2)
   return t
 end
 
+-- Whether no_proxy (or NO_PROXY) exempts host, as libcurl reads it (for
+-- the option's proxy too): "*", the host, or a domain it is in; CIDR
+-- ranges (libcurl 7.86+) are not read here.
+local function no_proxy(host)
+  local list = env_path("no_proxy", "NO_PROXY")
+  if not (list and host) then return false end
+  host = host:lower():gsub("%.$", "")
+  for entry in list:gmatch("[^,%s]+") do
+    entry = entry:lower():gsub("^%.", ""):gsub("%.$", "")
+    if entry == "*" or entry == host or host:sub(-#entry - 1) == "." .. entry then return true end
+  end
+  return false
+end
+
 -- The proxy a request of this client goes through, as libcurl picks it:
 -- the option, else http_proxy (for http://; never HTTP_PROXY), https_proxy
--- or HTTPS_PROXY (for https://), all_proxy or ALL_PROXY. Returns it
--- without credentials (a scheme added when it has none, as libcurl
--- does), its host and its port; nil when there is none. (no_proxy is left
--- to libcurl: a failure is put on the proxy only when it names the
--- proxy's address.)
+-- or HTTPS_PROXY (for https://), all_proxy or ALL_PROXY; none for a host
+-- no_proxy names. Returns it without credentials (a scheme added when it
+-- has none, as libcurl does), its host and its port; nil when there is none.
 function Client:_proxy()
-  local p = private[self].proxy
+  local priv = private[self]
+  local p = priv.proxy
+  if p ~= "" and no_proxy(priv.host) then return nil end
   if p == nil then
     p = self.endpoint:find("^https:") and env_path("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
         or env_path("http_proxy", "all_proxy", "ALL_PROXY")
