@@ -186,9 +186,9 @@ function M.start(opts)
   if opts.quiet then cmd[#cmd + 1] = "--quiet" end
   if cache_json then cmd[#cmd + 1] = "--cache " .. q(cache_json) end
   if opts.inputs ~= nil then cmd[#cmd + 1] = "--inputs " .. q(inputs_arg(opts.inputs)) end
-  local sock = opts.unix
+  local sock = opts.unix or nil
   args.check(sock == nil or sock == true or (type(sock) == "string" and sock ~= ""), 1, "start",
-             "'unix' must be true or a socket path")
+             "'unix' must be true, false or a socket path")
   if sock == true then sock = scratch .. "/llama.sock" end
   if sock then cmd[#cmd + 1] = "--unix " .. q(sock) end
   local proc = assert(io.popen(table.concat(cmd, " "), "r"))
@@ -205,7 +205,7 @@ function M.start(opts)
     -- answers with the queued replies
     endpoint = sock and ("unix:" .. sock .. ":http://localhost/script") or
                "http://127.0.0.1:" .. port .. "/script",
-    socket = sock or nil,
+    socket = sock,
     scratch = scratch,
     proc = proc,
     nreplies = 0,
