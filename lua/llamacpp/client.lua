@@ -4,10 +4,12 @@
 local core = require "llamacpp.core"
 local json = require "llamacpp.json"
 local errors = require "llamacpp.errors"
-local native = require "llamacpp.providers.native"
 local base = require "llamacpp.providers.base"
 local openai = require "llamacpp.providers.openai"
 local args = require "llamacpp.args"
+-- Loaded on first use (a chat runs neither; start-up compiles less Lua):
+-- llamacpp.providers.native here, llamacpp.context in fit.
+local function native() return require "llamacpp.providers.native" end
 
 local M = {}
 
@@ -1103,7 +1105,7 @@ function Client:resume_stream(id, opts)
   local rs = resume_plan(self, { conversation_id = id, resume = opts.resume }, "resume_stream")
   rs.base, rs.again, rs.fresh = from, true, false
   local framing, template, dec = p.framing, p.template, p.decoder(so)
-  if opts.native then framing, template, dec = "sse", nil, native.decoder(so) end
+  if opts.native then framing, template, dec = "sse", nil, native().decoder(so) end
   rs.framing, rs.template = framing, template
   local s = self:_stream(nil, dec, self.model, opts.native and base.stats or p.stats, nil, rs,
                          framing, template)
@@ -1429,7 +1431,6 @@ function Client:apply_template(req) return steps.apply_template(blocking, self, 
 
 -- {=== the context window ===
 
-local context = require "llamacpp.context"
 
 function steps.count_tokens(io, self, req)
   args.check(type(req) == "table", 1, "count_tokens", args.expected("table", req))
@@ -1537,6 +1538,7 @@ function steps.fit(io, self, req, opts)
   local total, err = steps.count_tokens(io, self, req)
   if not total then return nil, err end
   if total <= budget then return copy(req), { dropped = 0, input_tokens = total, budget = budget } end
+  local context = require "llamacpp.context"
   local turns, all = context.turns(req.messages or {})
   local drop = context.droppable(turns, kf)
   local n = context.estimate(total, budget, drop, all)
@@ -1645,14 +1647,14 @@ end
 local function native_stream(self, fname, path, body, opts, req)
   local rs, header = resume_plan(self, req, fname)
   local t = self:_open("POST", path, json.encode(body), "sse", nil, header)
-  local s = self:_stream(t, native.decoder(opts), body.model, nil, req.think_tags, rs, "sse")
+  local s = self:_stream(t, native().decoder(opts), body.model, nil, req.think_tags, rs, "sse")
   return function() return s:next() end, s, nil, s
 end
 
 -- A native answer read whole, with its stats.
 local function native_whole(io, self, path, body, req)
   local t0 = core.now()
-  local res, err = request(io, self, "POST", path, body, false, native.result)
+  local res, err = request(io, self, "POST", path, body, false, native().result)
   if not res then return nil, err end
   if req.think_tags == "split" then base.split_think(res) end
   res.stats = stats_of(base.stats, res, t0)
