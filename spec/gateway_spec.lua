@@ -135,12 +135,8 @@ http {
   -- it writes its pid file once listening
   os.execute(("timeout 300 %s -p '%s' -c '%s/nginx.conf' -g 'daemon off;' >'%s/out.log' 2>&1 &")
              :format(nginx, dir, dir, dir))
-  local deadline = socket.gettime() + 20
-  while true do
-    local c = socket.connect("127.0.0.1", port)
-    if c then c:close() break end
-    if socket.gettime() > deadline then error("nginx did not start: " .. n.read("out.log") .. n.read("error.log")) end
-    socket.sleep(0.05)
+  if not util.wait_listening(port, 20) then
+    error("nginx did not start: " .. n.read("out.log") .. n.read("error.log"))
   end
   function n.stop()
     local pid = tonumber(n.read("nginx.pid"):match("%d+") or "")

@@ -107,6 +107,30 @@ end
 
 function M.sleep(s) socket.sleep(s) end
 
+-- Waits until something accepts connections on 127.0.0.1:port (a server
+-- started in the background); true, or false after `seconds`.
+function M.wait_listening(port, seconds)
+  local deadline = socket.gettime() + seconds
+  while true do
+    local c = socket.connect("127.0.0.1", port)
+    if c then
+      c:close()
+      return true
+    end
+    if socket.gettime() > deadline then return false end
+    socket.sleep(0.05)
+  end
+end
+
+-- The field of an error whose text holds `secret` ("tostring" for the
+-- error's own line), or nil: nothing secret in it.
+function M.secret_in(err, secret)
+  for k, v in pairs(err) do
+    if tostring(v):find(secret, 1, true) then return k end
+  end
+  if tostring(err):find(secret, 1, true) then return "tostring" end
+end
+
 -- The first lines of a child script: this tree's llamacpp and the core
 -- built for this Lua (busted's cpath comes first), whatever LUA_PATH says.
 function M.child_head()

@@ -90,12 +90,14 @@ local GATEWAY_HINTS = {
 }
 
 -- What a proxy's refusal of a tunnel (its answer to CONNECT) means.
+local UNREACHABLE = "the proxy could not reach the server (is it running? is its address right from the" ..
+                    " proxy's side?)"
 local PROXY_HINTS = {
   [407] = GATEWAY_HINTS[407],
   [403] = "the proxy's rules refuse this destination (squid: http_access; CONNECT only to SSL_ports," ..
           " 443 by default)",
-  [502] = "the proxy could not reach the server (is it running? is its address right from the proxy's side?)",
-  [503] = "the proxy could not reach the server (is it running? is its address right from the proxy's side?)",
+  [502] = UNREACHABLE,
+  [503] = UNREACHABLE,
   [504] = "the proxy gave up reaching the server",
 }
 
