@@ -172,6 +172,9 @@ end
 function M.start(opts)
   opts = opts or {}
   local cache_json = opts.cache ~= nil and cache_arg(opts.cache) or nil
+  local sock = opts.unix or nil
+  args.check(sock == nil or sock == true or (type(sock) == "string" and sock ~= ""), 1, "start",
+             "'unix' must be true, false or a socket path")
   -- A fresh scratch directory for srv:write(), searched first.
   local scratch = os.tmpname()
   os.remove(scratch)
@@ -186,9 +189,6 @@ function M.start(opts)
   if opts.quiet then cmd[#cmd + 1] = "--quiet" end
   if cache_json then cmd[#cmd + 1] = "--cache " .. q(cache_json) end
   if opts.inputs ~= nil then cmd[#cmd + 1] = "--inputs " .. q(inputs_arg(opts.inputs)) end
-  local sock = opts.unix or nil
-  args.check(sock == nil or sock == true or (type(sock) == "string" and sock ~= ""), 1, "start",
-             "'unix' must be true, false or a socket path")
   if sock == true then sock = scratch .. "/llama.sock" end
   if sock then cmd[#cmd + 1] = "--unix " .. q(sock) end
   local proc = assert(io.popen(table.concat(cmd, " "), "r"))
