@@ -46,6 +46,7 @@ build = {
     ["llamacpp.agent"] = "lua/llamacpp/agent.lua",
     ["llamacpp.media"] = "lua/llamacpp/media.lua",
     ["llamacpp.context"] = "lua/llamacpp/context.lua",
+    ["llamacpp.endpoints"] = "lua/llamacpp/endpoints.lua",
     ["llamacpp.testing"] = "lua/llamacpp/testing.lua",
     ["llamacpp.testing.render"] = "lua/llamacpp/testing/render.lua",
     ["llamacpp.testing.models"] = "lua/llamacpp/testing/models.lua",

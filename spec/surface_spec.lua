@@ -293,4 +293,35 @@ describe("llamacpp.client surface", function()
       assert.equal(2, evs[3].usage.output_tokens)
     end)
   end)
+
+  -- A chat compiles none of the other endpoints: llamacpp.endpoints loads
+  -- when one is first looked up, on the Client or in client.steps (which
+  -- llamacpp.uv runs). In a child: this process has loaded everything.
+  it("loads the other endpoints when one is first looked up, not at require", function()
+    local fake = require("llamacpp.testing").start{ cache = {} }
+    finally(function() fake:stop() end)
+    local out = util.spawn(([[
+      local llamacpp = require "llamacpp"
+      local function loaded() return package.loaded["llamacpp.endpoints"] and "yes" or "no" end
+      local c = llamacpp.new{ endpoint = %q }
+      local res = assert(c:chat{ messages = { { role = "user", content = "hi" } } })
+      io.write("after chat: ", loaded(), " (", res.content, ")\n")
+      io.write("a missing field: ", tostring(c.no_such_field), " ", tostring(c.model), " ", loaded(), "\n")
+      local steps = require("llamacpp.client").steps
+      io.write("steps.chat: ", type(steps.chat), " ", loaded(), "\n")
+      io.write("steps.props: ", type(steps.props), " ", loaded(), "\n")
+      local n = 0
+      for _, m in ipairs { "models", "health", "props", "tokenize", "count_tokens", "fit", "embeddings",
+                           "completion", "completion_stream", "infill_stream", "wait_ready" } do
+        if type(c[m]) == "function" then n = n + 1 end
+      end
+      io.write("methods: ", n, "\n")
+      local h = assert(c:health())
+      io.write("health: ", h.status, ", tokens: ", assert(c:count_tokens{ messages = { { role = "user",
+               content = "one two three" } } }) > 0 and "some" or "none", "\n")
+    ]]):format(fake.endpoint))()
+    assert.equal("after chat: no (ok 1)\n" ..
+                 "a missing field: nil nil no\nsteps.chat: function no\nsteps.props: function yes\n" ..
+                 "methods: 11\nhealth: ok, tokens: some\n", out)
+  end)
 end)
