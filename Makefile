@@ -21,7 +21,7 @@ CURL_LIBS ?= $(shell curl-config --libs)
 LIBFLAG ?= -shared
 CFLAGS ?= -O2 -g
 WARN = -std=c99 -Wall -Wextra -pedantic -Wshadow -Wmissing-prototypes -Wstrict-prototypes
-SRC = src/core.c src/session.c src/transfer.c src/multi.c src/fastpath.c src/error.c src/clock.c src/sse.c src/hash.c src/media.c
+SRC = src/core.c src/session.c src/transfer.c src/multi.c src/fastpath.c src/error.c src/clock.c src/sse.c src/hash.c src/media.c src/text.c
 HDR = src/compat.h src/lcpp.h src/sse.h
 OUT = build/$(LUAV)/llamacpp/core.so
 

@@ -30,7 +30,7 @@ build = {
     ["llamacpp.core"] = {
       sources = { "src/core.c", "src/session.c", "src/transfer.c", "src/multi.c",
                   "src/fastpath.c", "src/error.c", "src/clock.c", "src/sse.c",
-                  "src/hash.c", "src/media.c" },
+                  "src/hash.c", "src/media.c", "src/text.c" },
       libraries = { "curl" },
       incdirs = { "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },

@@ -3,7 +3,7 @@
 ** llamacpp.Session and llamacpp.Transfer (their methods: session.c,
 ** transfer.c), and the module table: session() -> Session, now() ->
 ** monotonic ms, sleep(ms) (clock.c), hash(s) (hash.c), base64(s [, prefix])
-** (media.c), Error (the
+** (media.c), text() -> Text (text.c), Error (the
 ** llamacpp.Error metatable, error.c), version strings. No other file uses anything of this one.
 */
 #include <curl/curl.h>
@@ -48,6 +48,7 @@ static const luaL_Reg core_funcs[] = {
   {"now", lcpp_core_now},
   {"hash", lcpp_core_hash},
   {"base64", lcpp_core_base64},
+  {"text", lcpp_text_new},
   {NULL, NULL}
 };
 
@@ -65,6 +66,7 @@ int luaopen_llamacpp_core (lua_State *L) {
   lcpp_newclass(L, LCPP_SESSION_MT, lcpp_session_methods, lcpp_session_metas);
   lcpp_newclass(L, LCPP_TRANSFER_MT, lcpp_transfer_methods,
                 lcpp_transfer_metas);
+  lcpp_newclass(L, LCPP_TEXT_MT, lcpp_text_methods, lcpp_text_metas);
   luaL_newlib(L, core_funcs);                             /* M */
   lcpp_error_open(L);                                     /* M, Error */
   lua_setfield(L, -2, "Error");                           /* M */

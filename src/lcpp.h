@@ -33,6 +33,7 @@
 #define LCPP_ERROR_MT     "llamacpp.Error"
 #define LCPP_SESSION_MT   "llamacpp.Session"
 #define LCPP_TRANSFER_MT  "llamacpp.Transfer"
+#define LCPP_TEXT_MT      "llamacpp.Text"
 
 
 /* the template of a plain event: head, mid, tail; part[0] == NULL: none */
@@ -142,6 +143,11 @@ LCPP_HIDDEN void lcpp_timers (Session *s);
 LCPP_HIDDEN int lcpp_step (Session *s, double wait_ms);
 LCPP_HIDDEN extern const luaL_Reg lcpp_transfer_methods[];
 LCPP_HIDDEN extern const luaL_Reg lcpp_transfer_metas[];
+
+/* text.c */
+LCPP_HIDDEN int lcpp_text_new (lua_State *L);
+LCPP_HIDDEN extern const luaL_Reg lcpp_text_methods[];
+LCPP_HIDDEN extern const luaL_Reg lcpp_text_metas[];
 
 /* session.c */
 LCPP_HIDDEN int lcpp_session_new (lua_State *L);
