@@ -1,5 +1,5 @@
 -- llamacpp.text: the text of a stream assembled from its pieces in the C
--- core's chunks (256 bytes, doubling to 4 KiB, then 4 KiB each; a longer
+-- core's chunks (256 bytes, 512, then 1 KiB each; a longer
 -- piece gets a chunk of its own), or nothing kept when the caller asked so.
 local text = require "llamacpp.text"
 
