@@ -1,5 +1,5 @@
 --- The llamacpp module under test.
---   client_llamacpp.lua stream|lat|mem|seq|multi|startup ENDPOINT [N]
+--   client_llamacpp.lua stream|lat|mem|seq|multi|multiq|startup ENDPOINT [N]
 -- ENDPOINT carries the bench server's options as a path prefix.
 local mode, endpoint, n = arg[1], arg[2], tonumber(arg[3] or "0")
 
@@ -105,7 +105,7 @@ elseif mode == "seq" then
   R.cpu_us, R.wall_us = bu.cpu_us() - c0, (bu.now_ns() - t0) / 1e3
   R.requests, R.failed, R.bytes, R.want_bytes, R.conns = n, failed, bytes, want, conns
   check(failed == 0 and bytes == want)
-elseif mode == "multi" then
+elseif mode == "multi" or mode == "multiq" then
   -- n streams on one client, one thread: round-robin with next(0), at most
   -- 64 events per stream per pass (fairness: next(0) drives the session
   -- whenever a stream's queue is empty, so one stream could be drained for
@@ -115,7 +115,9 @@ elseif mode == "multi" then
   local c0, t0 = bu.cpu_us(), bu.now_ns()
   local open, bytes, events, want, failed = {}, {}, {}, {}, 0
   for i = 1, n do
-    open[i] = client:open_stream{ messages = msgs, max_tokens = 16 }
+    -- multiq: streams that keep no text for done.content (as the C client)
+    open[i] = client:open_stream({ messages = msgs, max_tokens = 16 },
+                                 mode == "multiq" and { assemble = false } or nil)
     bytes[i], events[i] = 0, 0
   end
   local function take(id, ev)
