@@ -496,7 +496,6 @@ function M.complete(c, t, err, raw, parse) return c:_complete(t, err, raw, parse
 -- llama-server started with --models-dir (or llama-swap) routes every
 -- request by its model: POSTs by the body's `model`, GETs by `?model=`.
 
-
 -- The router-mode refusals (errors.lua gives them their codes).
 local MODEL_CODES = { model_required = true, model_not_found = true, model_not_loaded = true,
                       model_failed = true }
@@ -553,7 +552,6 @@ local function request(io, self, method, path, body, raw, parse, model, extra)
   end
   return res, err
 end
-
 
 -- `stream` in a request is the method's to set: a call that answers
 -- whole refuses `stream = true`, a streaming one `stream = false`.

@@ -17,7 +17,8 @@ local args = require "llamacpp.args"
 local type, pairs, ipairs, tonumber, tostring = type, pairs, ipairs, tonumber, tostring
 
 -- C: the client module's Client, steps, blocking io, private store and
--- the request helpers (client.lua's endpoints_seam).
+-- the request helpers (client.lua's `later`, on the first look-up of one
+-- of its LATER names).
 return function(C)
 local Client, steps, blocking, private = C.Client, C.steps, C.blocking, C.private
 local request, explain, served_names = C.request, C.explain, C.served_names
@@ -36,10 +37,8 @@ end
 
 -- A GET of `path` with `?model=` (opts.model, else the client's) and
 -- `autoload=` (opts.autoload), which a single-model server ignores; raw
--- as for io.request. Defined below request(), which it calls.
-local get
-
-function get(io, self, path, opts, fname, raw)
+-- as for io.request.
+local function get(io, self, path, opts, fname, raw)
   if opts == nil then opts = {} end
   args.check(type(opts) == "table", 1, fname, args.expected("table", opts))
   local model = opts.model
