@@ -115,6 +115,14 @@ end
 -- "rate": events/s or requests/s (higher is better).
 local STREAM_CLIENTS = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl", "popen-curl 5.4",
   "popen-curl LuaJIT", "luasocket 5.4", "luasocket LuaJIT", "Node openai" }
+-- multi<i><q>: S.multi_streams[i] concurrent streams; q = "q": opened with
+-- assemble = false (client mode multiq)
+local function multi_case(i, q, clients, targets)
+  return { id = "multi" .. i .. q, title = ("%d concurrent streams of %d events%s"):format(S.multi_streams[i],
+             S.multi_events, q == "q" and ", assemble = false" or ""),
+           kind = "rate", unit = "event", mode = "multi" .. q, prefix = ("/n%d"):format(S.multi_events),
+           n = S.multi_streams[i], clients = clients, targets = targets }
+end
 local cases = {
   { id = "paced", title = ("paced stream, %d events at %d µs"):format(S.paced, PACE_US),
     kind = "cpu", unit = "event", mode = "stream", reps = S.paced_reps,
@@ -136,25 +144,14 @@ local cases = {
     targets = { { "C libcurl", 0.7 }, { "popen-curl", 50 } } },
   -- concurrent streams at three counts: events/s and peak RSS against the
   -- C curl-multi client, and the RSS each stream adds (issue 23's goals)
-  { id = "multi1", title = ("%d concurrent streams of %d events"):format(S.multi_streams[1], S.multi_events),
-    kind = "rate", unit = "event", mode = "multi", prefix = ("/n%d"):format(S.multi_events),
-    n = S.multi_streams[1], clients = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl" } },
-  { id = "multi2", title = ("%d concurrent streams of %d events"):format(S.multi_streams[2], S.multi_events),
-    kind = "rate", unit = "event", mode = "multi", prefix = ("/n%d"):format(S.multi_events),
-    n = S.multi_streams[2], clients = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl" },
-    targets = { { "C libcurl", 1.0 }, { "C libcurl", 1.3, "rss" } } },
-  { id = "multi3", title = ("%d concurrent streams of %d events"):format(S.multi_streams[3], S.multi_events),
-    kind = "rate", unit = "event", mode = "multi", prefix = ("/n%d"):format(S.multi_events),
-    n = S.multi_streams[3], clients = { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl", "Node openai" },
-    targets = { { "C libcurl", 1.0 } } },
+  multi_case(1, "", { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl" }),
+  multi_case(2, "", { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl" },
+             { { "C libcurl", 1.0 }, { "C libcurl", 1.3, "rss" } }),
+  multi_case(3, "", { "llamacpp 5.4", "llamacpp LuaJIT", "C libcurl", "Node openai" }, { { "C libcurl", 1.0 } }),
   -- the same with assemble = false: no text kept for done.content, the
   -- work the C client does (its figures are those of multi1 and multi3)
-  { id = "multi1q", title = ("%d concurrent streams of %d events, assemble = false"):format(S.multi_streams[1],
-    S.multi_events), kind = "rate", unit = "event", mode = "multiq", prefix = ("/n%d"):format(S.multi_events),
-    n = S.multi_streams[1], clients = { "llamacpp 5.4", "llamacpp LuaJIT" } },
-  { id = "multi3q", title = ("%d concurrent streams of %d events, assemble = false"):format(S.multi_streams[3],
-    S.multi_events), kind = "rate", unit = "event", mode = "multiq", prefix = ("/n%d"):format(S.multi_events),
-    n = S.multi_streams[3], clients = { "llamacpp 5.4", "llamacpp LuaJIT" } },
+  multi_case(1, "q", { "llamacpp 5.4", "llamacpp LuaJIT" }),
+  multi_case(3, "q", { "llamacpp 5.4", "llamacpp LuaJIT" }),
   { id = "mem", title = ("%d events in one stream"):format(S.mem), kind = "mem", unit = "event",
     mode = "mem", prefix = ("/n%d"):format(S.mem), reps = 1,
     clients = { "llamacpp 5.4", "llamacpp LuaJIT" } },
